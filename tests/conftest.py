@@ -1,0 +1,131 @@
+"""Shared fixtures: an embedded Redis (or TEST_REDIS_URL), the simulator, env for the workers.
+
+pytest-celery's plugin replaces the legacy in-process ``celery_worker`` fixture with a Docker one;
+this project never uses either (it runs real `celery worker` processes, tests/workers.py), so the
+Docker-backed fixtures are simply not requested.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from seedance_worker.embedded import EmbeddedRedis
+
+# Session-wide: the bundled Celery app reads these once, when it is first built.
+_BASE_ENV = {
+    "SEEDANCE_API_KEY": "test-key-not-a-secret-0123456789",
+    "SEEDANCE_POLL_FIRST_DELAY_S": "0.1",
+    "SEEDANCE_POLL_MIN_INTERVAL_S": "0.2",
+    "SEEDANCE_POLL_MAX_INTERVAL_S": "1.0",
+    "SEEDANCE_POLL_QUEUED_INTERVAL_S": "0.5",
+    "SEEDANCE_POLL_RUNNING_INTERVAL_S": "0.3",
+    "SEEDANCE_POLL_COUNTDOWN_CAP_S": "5",
+    "SEEDANCE_HTTP_READ_TIMEOUT_S": "2",
+    "SEEDANCE_HTTP_CONNECT_TIMEOUT_S": "2",
+    "SEEDANCE_VISIBILITY_TIMEOUT_S": "60",
+    "SEEDANCE_POLL_LEASE_GRACE_S": "5",
+    "SEEDANCE_DOWNLOAD_ALLOWED_HOSTS": "127.0.0.1,localhost",
+}
+
+
+def _clear_seedance_env() -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("SEEDANCE_"):
+            del os.environ[name]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis for the whole session: TEST_REDIS_URL if given, else an embedded one we own."""
+    given = os.environ.get("TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    server = EmbeddedRedis(appendonly=False).start()
+    try:
+        yield server.url
+    finally:
+        # A GC'd AsyncResult may still hold a pub/sub connection; collect before Redis goes away.
+        gc.collect()
+        server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    saved = dict(os.environ)
+    _clear_seedance_env()
+    os.environ.update(_BASE_ENV)
+    os.environ["SEEDANCE_REDIS_URL"] = redis_url
+    os.environ["SEEDANCE_DOWNLOAD_DIR"] = str(tmp_path_factory.mktemp("videos"))
+    _reset_caches()
+    import seedance_worker
+
+    seedance_worker.app.set_current()  # canvas built in tests (poll.s(...)) publishes through it
+    # Celery reads its config lazily: read it now, while SEEDANCE_REDIS_URL is the session's.
+    assert seedance_worker.app.conf.broker_url == redis_url
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def clean_redis(url: str) -> None:
+    """Empty the test Redis between worker tests, so no earlier test's messages reach new workers.
+
+    Only the embedded Redis (which this session created) is flushed; with TEST_REDIS_URL only this
+    project's own keys go.
+    """
+    import redis
+
+    r = redis.Redis.from_url(url)
+    if not os.environ.get("TEST_REDIS_URL"):
+        r.flushdb()
+        return
+    for pattern in ("seedance:*", "seedance.*", "unacked*", "_kombu.*", "celery-task-meta-*", "test:*"):
+        for key in r.scan_iter(pattern, count=1000):
+            r.delete(key)
+
+
+def _reset_caches() -> None:
+    from seedance_worker.client import reset_clients
+    from seedance_worker.settings import reset_settings_cache
+    from seedance_worker.store import reset_stores
+
+    reset_settings_cache()
+    reset_clients()
+    reset_stores()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Set SEEDANCE_* variables for one test; caches are rebuilt before and after."""
+    _reset_caches()
+    yield monkeypatch
+    monkeypatch.undo()
+    _reset_caches()
+
+
+@pytest.fixture
+def sim(env: pytest.MonkeyPatch) -> Iterator[object]:
+    """The Ark simulator on a free port, with SEEDANCE_API_BASE_URL pointing at it."""
+    from seedance_worker.simulator import Simulator
+
+    s = Simulator().start()
+    env.setenv("SEEDANCE_API_BASE_URL", s.base_url)
+    _reset_caches()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def download_dir(env: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    d = tmp_path / "videos"
+    env.setenv("SEEDANCE_DOWNLOAD_DIR", str(d))
+    _reset_caches()
+    return d

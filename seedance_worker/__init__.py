@@ -1,0 +1,58 @@
+"""seedance-worker: run BytePlus ModelArk Seedance video generation jobs inside Celery.
+
+Public surface: ``track``, ``submit``, ``install``, the ``poll`` task, ``Outcome``, ``Settings``
+and the ``errors`` module. ``celery -A seedance_worker worker`` finds the bundled ``app``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import errors
+from .celeryapp import install
+from .errors import GenerationCancelled, GenerationExpired, GenerationFailed, TaskNotFound
+from .models import Outcome, Status, TaskSnapshot
+
+# The modules poll.py, submit.py and track.py share their names with the public callables; binding
+# the callables here, after the modules are imported, makes `seedance_worker.poll` the task.
+from .poll import poll
+from .settings import Settings, get_settings
+from .submit import submit
+from .track import track
+from .version import __version__
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = [
+    "GenerationCancelled",
+    "GenerationExpired",
+    "GenerationFailed",
+    "Outcome",
+    "Settings",
+    "Status",
+    "TaskNotFound",
+    "TaskSnapshot",
+    "__version__",
+    "app",
+    "errors",
+    "get_settings",
+    "install",
+    "poll",
+    "submit",
+    "track",
+]
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `import seedance_worker.simulator` (or the CLI's --help) needs no valid settings.
+    global _app
+    if name in ("app", "celery"):
+        if _app is None:
+            from .celeryapp import create_app
+
+            _app = create_app()
+        return _app
+    raise AttributeError(f"module 'seedance_worker' has no attribute {name!r}")

@@ -1,0 +1,85 @@
+"""The terminal hand-off: fire the job's ``on_succeeded`` / ``on_failed`` chain once.
+
+The chain is the job's list of task names or signatures, each getting the previous one's Outcome,
+with ``seedance.complete`` appended: it stores the final (enriched) Outcome in the job record and
+ends the hand-off lease. Until then the job sits in ``state=handoff`` with a lease in the due index,
+so a downstream message lost with a killed worker is re-fired by the sweeper from the stored Outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import chain, current_app, shared_task, signature
+from celery.canvas import Signature
+
+from .settings import Settings, get_settings
+from .store import JobRecord, get_store
+
+log = logging.getLogger(__name__)
+
+HANDOFF_LEASE_S = 900.0
+
+
+def handoff_lease_at(settings: Settings, now: float) -> float:
+    return now + max(HANDOFF_LEASE_S, settings.download_timeout_s * 3)
+
+
+def _signatures(specs: list[Any]) -> list[Signature]:
+    app = current_app
+    sigs: list[Signature] = []
+    for spec in specs:
+        if isinstance(spec, str):
+            sigs.append(app.signature(spec))
+        else:
+            sigs.append(signature(spec, app=app))
+    return sigs
+
+
+def build_chain(record: JobRecord, outcome: dict[str, Any]) -> Signature:
+    succeeded = outcome.get("status") == "succeeded"
+    specs = (record.on_succeeded if succeeded else record.on_failed) or []
+    steps = _signatures(specs)
+    steps.append(complete.s(record.task_id))
+    first = steps[0]
+    steps[0] = first.clone(args=(outcome, *first.args)) if not first.immutable else first
+    return chain(*steps) if len(steps) > 1 else steps[0]
+
+
+def fire_handoff(record: JobRecord, outcome: dict[str, Any], settings: Settings) -> None:
+    """Publish the downstream chain and note it in the record (the lease stays until complete)."""
+    now = time.time()
+    build_chain(record, outcome).apply_async()
+    get_store(settings).touch(
+        record.task_id,
+        expected_state="handoff",
+        lease_at=handoff_lease_at(settings, now),
+        fields={"handoff": "fired", "handoff_at": now, "handoff_fires": record.handoff_fires + 1},
+    )
+
+
+def extend_lease(task_id: str, settings: Settings | None = None) -> None:
+    """Called by long downstream steps so the sweeper does not re-fire a chain that is working."""
+    settings = settings or get_settings()
+    get_store(settings).touch(
+        task_id, expected_state="handoff", lease_at=handoff_lease_at(settings, time.time()), fields={}
+    )
+
+
+@shared_task(name="seedance.complete", acks_late=True, reject_on_worker_lost=True)
+def complete(outcome: Any, task_id: str) -> Any:
+    """Last link of every hand-off chain: keep the final Outcome, end the lease, set the record TTL."""
+    settings = get_settings()
+    final = outcome if isinstance(outcome, dict) else {"result": outcome}
+    state = get_store(settings).complete(
+        task_id,
+        ttl_s=settings.job_ttl_s,
+        fields={"outcome": final, "handoff": "done", "updated_at": time.time()},
+    )
+    if state == 2:
+        log.info("handoff %s completed again (a re-fired chain); record kept", task_id)
+    elif state == 1:
+        log.info("handoff %s done", task_id)
+    return outcome

@@ -1,0 +1,369 @@
+"""``seedance.poll``: one GET per run; not terminal -> the same message again with a countdown.
+
+The task is thin: ``decide()`` is a pure function over (job record, what the GET gave, now) and the
+task only carries out its verdict. Rescheduling re-publishes the *same* task id with the caller's
+chain, links and errbacks (``signature_from_request``), so ``chain(poll.s(id), next.s())`` and
+chords keep working and no worker slot is held while waiting. Each message carries the job's
+generation ``gen``; a copy whose ``gen`` is no longer current is stale and raises ``Ignore`` without
+calling the API (see store.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from celery import Task, shared_task
+from celery.exceptions import Ignore
+from pydantic import BaseModel, ConfigDict
+
+from . import errors
+from .client import get_client, validate_task_id
+from .models import Outcome, TaskSnapshot
+from .schedule import Schedule, Uniform
+from .settings import Settings, get_settings
+from .store import JobRecord, JobStore, get_store
+
+log = logging.getLogger(__name__)
+
+
+class PollOptions(BaseModel):
+    """The ``options`` argument of ``seedance.poll`` (small, JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gen: int | None = None
+    follow: bool = False
+    metadata: dict[str, Any] | None = None
+    on_succeeded: list[Any] | None = None
+    on_failed: list[Any] | None = None
+
+
+# --- the pure decision ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reschedule:
+    countdown_s: float
+    fields: dict[str, Any] = field(default_factory=dict)
+    called_api: bool = True
+
+
+@dataclass(frozen=True)
+class Finish:
+    status: str  # succeeded | failed | expired | cancelled | not_found
+    error: dict[str, Any] | None = None
+
+
+def decide(
+    record: JobRecord,
+    result: TaskSnapshot | errors.SeedanceError,
+    *,
+    now: float,
+    schedule: Schedule,
+    rng: Uniform | None = None,
+) -> Reschedule | Finish:
+    """What to do after one GET (``result`` is the snapshot or the error it raised)."""
+    rng = rng or random
+    snap = result if isinstance(result, TaskSnapshot) else None
+    last = snap or (TaskSnapshot.model_validate(record.snapshot) if record.snapshot else None)
+    deadline = schedule.deadline(
+        last.created_at if last else None,
+        last.execution_expires_after if last else None,
+        record.tracked_at or now,
+    )
+    if snap is not None and snap.is_terminal:
+        error = snap.error.model_dump(mode="json", exclude_none=True) if snap.error else None
+        return Finish(snap.status_text, error)
+    if isinstance(result, errors.TaskNotFound):
+        return Finish("not_found", {"code": result.code or "NotFound", "message": result.message})
+    if now > deadline:
+        return Finish(
+            "expired",
+            {"code": "DeadlineExceeded", "message": "no terminal status by created_at + expiry + grace"},
+        )
+    if snap is not None:
+        same = record.status == snap.status_text
+        status_polls = record.status_polls + 1 if same else 1
+        countdown = schedule.next_countdown(status=snap.status_text, polls_in_status=status_polls, rng=rng)
+        return Reschedule(
+            countdown,
+            {"status": snap.status_text, "status_polls": status_polls, "error_streak": 0, "last_error": None},
+        )
+    assert isinstance(result, errors.SeedanceError)
+    if isinstance(result, errors.RateLimited):
+        # A 429 says nothing about the job: it does not count as an error against it.
+        retry_after = result.retry_after_s if result.retry_after_s is not None else schedule.min_interval_s
+        countdown = schedule.next_countdown(
+            status=record.status, polls_in_status=record.status_polls, retry_after_s=retry_after, rng=rng
+        )
+        return Reschedule(countdown, {"not_before": now + retry_after, "last_error": str(result)})
+    streak = record.error_streak + 1
+    countdown = schedule.next_countdown(status=record.status, error_streak=streak, rng=rng)
+    return Reschedule(countdown, {"error_streak": streak, "last_error": str(result)})
+
+
+def wait_for_not_before(record: JobRecord, *, now: float, schedule: Schedule) -> Reschedule | None:
+    """A job told to wait (429 Retry-After) is not polled before then; no GET is spent on it."""
+    if record.not_before is None or now >= record.not_before:
+        return None
+    return Reschedule(min(record.not_before - now + 0.05, schedule.countdown_cap_s), {}, called_api=False)
+
+
+# --- the task -------------------------------------------------------------------------------------
+
+_STATUS_ERRORS: dict[str, type[errors.GenerationFailed]] = {
+    "failed": errors.GenerationFailed,
+    "expired": errors.GenerationExpired,
+    "cancelled": errors.GenerationCancelled,
+    "not_found": errors.TaskNotFound,
+}
+
+
+def deliver(outcome: dict[str, Any]) -> dict[str, Any]:
+    """Return a succeeded Outcome; raise the typed failure (carrying the Outcome) for the others."""
+    status = outcome.get("status")
+    if status == "succeeded":
+        return outcome
+    cls = _STATUS_ERRORS.get(str(status), errors.GenerationFailed)
+    err = outcome.get("error") or {}
+    detail = f": {err.get('code')}: {err.get('message')}" if err else ""
+    raise cls(f"remote task {outcome.get('task_id')} ended {status}{detail}", outcome)
+
+
+def _lease_after(settings: Settings, countdown_s: float, now: float) -> float:
+    # Long enough for the message to wait, run, and time out once; then the sweeper may re-drive it.
+    return (
+        now
+        + countdown_s
+        + settings.http_connect_timeout_s
+        + settings.http_read_timeout_s
+        + settings.poll_lease_grace_s
+    )
+
+
+def publish_poll(
+    task_id: str,
+    *,
+    gen: int | None,
+    countdown_s: float,
+    celery_id: str,
+    settings: Settings,
+    follow: bool = False,
+) -> None:
+    """Publish a fresh poll message for a job (track(), the sweeper). No caller chain to keep."""
+    options: dict[str, Any] = {"gen": gen}
+    if follow:
+        options = {"follow": True}
+    poll.apply_async(
+        (task_id,),
+        {"options": options},
+        task_id=celery_id,
+        countdown=countdown_s if countdown_s > 0 else None,
+        queue=settings.poll_queue,
+    )
+
+
+def _again(task: Task, task_id: str, options: dict[str, Any], countdown_s: float) -> NoReturn:
+    """Re-publish this same message (same id, chain, links, errbacks) later, then drop this copy."""
+    sig = task.signature_from_request(
+        task.request,
+        (task_id,),
+        {"options": options},
+        countdown=max(0.0, countdown_s),
+        # An `expires` set by the caller is absolute and would revoke a later poll (celery-polling 5).
+        expires=None,
+    )
+    sig.apply_async()
+    raise Ignore()
+
+
+@shared_task(
+    bind=True,
+    name="seedance.poll",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+    throws=(errors.GenerationFailed,),
+)
+def poll(self: Task, task_id: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Poll one remote task once; return its Outcome when it has ended."""
+    validate_task_id(task_id)
+    opts = PollOptions.model_validate(options or {})
+    settings = get_settings()
+    return _Poller(self, task_id, opts, settings).run()
+
+
+class _Poller:
+    def __init__(self, task: Task, task_id: str, opts: PollOptions, settings: Settings) -> None:
+        self.task = task
+        self.task_id = task_id
+        self.opts = opts
+        self.settings = settings
+        self.schedule = Schedule.from_settings(settings)
+        self.store: JobStore = get_store(settings)
+        self.celery_id: str = task.request.id or ""
+
+    def run(self) -> dict[str, Any]:
+        now = time.time()
+        if self.opts.follow:
+            return self.follow(now)
+        gen = self.opts.gen
+        if gen is None:
+            # Entered from a user's canvas (poll.s(id)): adopt the job, or follow its live chain.
+            from .track import registration_fields
+
+            fields = registration_fields(
+                self.settings,
+                metadata=self.opts.metadata,
+                on_succeeded=self.opts.on_succeeded,
+                on_failed=self.opts.on_failed,
+            )
+            reg = self.store.register(
+                self.task_id,
+                self.celery_id,
+                now=now,
+                lease_at=_lease_after(self.settings, 0, now),
+                fields=fields,
+            )
+            if reg.owner != self.celery_id:
+                return self.follow(now)
+            gen = 1
+        verdict, crashes = self.store.begin(
+            self.task_id,
+            gen,
+            lease_at=_lease_after(self.settings, 0, now),
+            max_crashes=self.settings.poll_max_crashes,
+        )
+        if verdict == "stale" or verdict == "missing":
+            log.info("poll %s gen=%s %s copy dropped", self.task_id, gen, verdict)
+            raise Ignore()
+        record = self.store.get(self.task_id)
+        if record is None:
+            raise Ignore()
+        if verdict == "terminal":
+            # A redelivered terminal poll: the hand-off already happened; give the caller's chain
+            # the same Outcome again without calling the API or firing anything.
+            log.info("poll %s gen=%s terminal copy: returning the recorded outcome", self.task_id, gen)
+            return deliver(record.outcome or {})
+        if verdict == "crashloop":
+            return self.finish(
+                record,
+                gen,
+                Finish(
+                    "failed", {"code": "PollCrashed", "message": f"poll crashed its worker {crashes} times"}
+                ),
+                None,
+                now,
+            )
+
+        wait = wait_for_not_before(record, now=now, schedule=self.schedule)
+        if wait is not None:
+            return self.reschedule(record, gen, wait, now)
+
+        result: TaskSnapshot | errors.SeedanceError
+        try:
+            result = get_client(self.settings).get_task(self.task_id)
+        except errors.SeedanceError as exc:
+            result = exc
+            level = logging.INFO if isinstance(exc, errors.RateLimited) else logging.WARNING
+            log.log(level, "poll %s try=%d error: %s", self.task_id, record.polls + 1, exc)
+        now = time.time()
+        decision = decide(record, result, now=now, schedule=self.schedule)
+        snap = result if isinstance(result, TaskSnapshot) else None
+        if isinstance(decision, Finish):
+            return self.finish(record, gen, decision, snap, now)
+        return self.reschedule(record, gen, decision, now, snap)
+
+    def reschedule(
+        self,
+        record: JobRecord,
+        gen: int,
+        decision: Reschedule,
+        now: float,
+        snap: TaskSnapshot | None = None,
+    ) -> NoReturn:
+        fields = dict(decision.fields)
+        polls = record.polls + (1 if decision.called_api else 0)
+        fields.update(
+            polls=polls,
+            next_due_at=now + decision.countdown_s,
+            updated_at=now,
+        )
+        if snap is not None:
+            fields["snapshot"] = snap.model_dump(mode="json", exclude_none=True)
+        if not self.store.advance(
+            self.task_id, gen, lease_at=_lease_after(self.settings, decision.countdown_s, now), fields=fields
+        ):
+            log.info("poll %s gen=%d lost the race to another copy; dropped", self.task_id, gen)
+            raise Ignore()
+        log.info(
+            "poll %s try=%d status=%s next_in=%.1fs gen=%d",
+            self.task_id,
+            polls,
+            fields.get("status", record.status),
+            decision.countdown_s,
+            gen + 1,
+        )
+        _again(self.task, self.task_id, {"gen": gen + 1}, decision.countdown_s)
+
+    def finish(
+        self,
+        record: JobRecord,
+        gen: int,
+        decision: Finish,
+        snap: TaskSnapshot | None,
+        now: float,
+    ) -> dict[str, Any]:
+        from .handoff import fire_handoff, handoff_lease_at
+
+        snapshot = snap.model_dump(mode="json", exclude_none=True) if snap is not None else record.snapshot
+        polls = record.polls + (1 if snap is not None or decision.status == "not_found" else 0)
+        outcome = Outcome(
+            task_id=self.task_id,
+            status=decision.status,  # type: ignore[arg-type]
+            snapshot=snapshot,
+            metadata=record.metadata,
+            polls=polls,
+            tracked_at=record.tracked_at,
+            terminal_at=now,
+            error=decision.error,
+        ).wire()
+        fields = {
+            "status": decision.status,
+            "snapshot": snapshot,
+            "outcome": outcome,
+            "polls": polls,
+            "terminal_at": now,
+            "updated_at": now,
+            "next_due_at": None,
+            "end_reason": (decision.error or {}).get("code"),
+        }
+        if not self.store.finish(
+            self.task_id, gen, lease_at=handoff_lease_at(self.settings, now), fields=fields
+        ):
+            log.info("poll %s gen=%d lost the terminal race to another copy; dropped", self.task_id, gen)
+            raise Ignore()
+        log.info("poll %s try=%d status=%s terminal: hand-off", self.task_id, polls, decision.status)
+        record = self.store.get(self.task_id) or record
+        fire_handoff(record, outcome, self.settings)
+        return deliver(outcome)
+
+    def follow(self, now: float) -> dict[str, Any]:
+        """A second chain for a job that already has one: wait on the record, never call the API."""
+        record = self.store.get(self.task_id)
+        if record is None:
+            # The job record is gone (expired or removed): this chain becomes the owner.
+            self.opts = PollOptions(metadata=self.opts.metadata)
+            return self.run()
+        if record.state != "polling" and record.outcome:
+            return deliver(record.outcome)
+        due = record.next_due_at or now
+        countdown = min(
+            max(due - now + 0.25, self.schedule.min_interval_s),
+            self.schedule.countdown_cap_s,
+        )
+        _again(self.task, self.task_id, {"follow": True}, countdown)

@@ -1,0 +1,99 @@
+"""When to poll next: one pure function, no I/O, unit-tested rule by rule.
+
+Rules (each one is a test in tests/test_schedule.py):
+
+1. The first poll comes ``first_delay_s`` after tracking (the only countdown below the minimum).
+2. ``queued`` polls start slower than ``running`` ones: a queue wait is long and says little.
+3. Intervals grow by ``backoff_factor`` per poll in the same status, toward ``max_interval_s``.
+4. Full jitter between the minimum and the grown interval, so thousands of jobs spread out.
+5. A 429's ``Retry-After`` is a floor: the next poll never comes earlier.
+6. Errors that may pass (5xx, network, malformed body) back off exponentially (x2 per error) up to
+   the maximum interval, and never end the job: only the deadline does.
+7. Every countdown is capped at ``countdown_cap_s`` (well below the broker's visibility timeout);
+   a longer ``Retry-After`` wait is served as several capped hops (the poll re-checks ``not_before``).
+8. Past ``created_at + execution_expires_after + deadline_grace_s`` the job ends as expired even if
+   the server never says so.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Protocol
+
+from .settings import Settings
+
+DEFAULT_EXPIRES_AFTER_S = 172_800  # the API's default execution_expires_after (48 h)
+
+
+class Uniform(Protocol):
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+@dataclass(frozen=True)
+class Schedule:
+    first_delay_s: float = 1.0
+    min_interval_s: float = 2.0
+    max_interval_s: float = 30.0
+    queued_interval_s: float = 10.0
+    running_interval_s: float = 4.0
+    backoff_factor: float = 1.5
+    deadline_grace_s: float = 900.0
+    countdown_cap_s: float = 300.0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Schedule:
+        return cls(
+            first_delay_s=s.poll_first_delay_s,
+            min_interval_s=s.poll_min_interval_s,
+            max_interval_s=s.poll_max_interval_s,
+            queued_interval_s=s.poll_queued_interval_s,
+            running_interval_s=s.poll_running_interval_s,
+            backoff_factor=s.poll_backoff_factor,
+            deadline_grace_s=s.poll_deadline_grace_s,
+            countdown_cap_s=s.poll_countdown_cap_s,
+        )
+
+    def first_countdown(self) -> float:
+        return min(self.first_delay_s, self.countdown_cap_s)
+
+    def base_interval(self, status: str | None, polls_in_status: int) -> float:
+        """The un-jittered interval after ``polls_in_status`` polls that all saw ``status``."""
+        base = self.queued_interval_s if status == "queued" else self.running_interval_s
+        grown = base * self.backoff_factor ** max(0, polls_in_status - 1)
+        return _clamp(grown, self.min_interval_s, self.max_interval_s)
+
+    def error_interval(self, error_streak: int) -> float:
+        grown = self.min_interval_s * 2.0 ** max(0, error_streak - 1)
+        return _clamp(grown, self.min_interval_s, self.max_interval_s)
+
+    def next_countdown(
+        self,
+        *,
+        status: str | None,
+        polls_in_status: int = 1,
+        error_streak: int = 0,
+        retry_after_s: float | None = None,
+        rng: Uniform | None = None,
+    ) -> float:
+        """Seconds until the next poll of one job."""
+        rng = rng or random
+        ceiling = (
+            self.error_interval(error_streak)
+            if error_streak > 0
+            else self.base_interval(status, polls_in_status)
+        )
+        countdown = rng.uniform(self.min_interval_s, ceiling) if ceiling > self.min_interval_s else ceiling
+        if retry_after_s is not None and retry_after_s > 0:
+            # A little on top so this job does not land exactly with every other job told the same.
+            countdown = max(countdown, retry_after_s + rng.uniform(0.05, 0.05 + 0.1 * retry_after_s))
+        return min(countdown, self.countdown_cap_s)
+
+    def deadline(self, created_at: float | None, expires_after_s: float | None, tracked_at: float) -> float:
+        """The time after which a job is ended as expired even if the server never says so."""
+        start = created_at if created_at is not None else tracked_at
+        return start + (expires_after_s or DEFAULT_EXPIRES_AFTER_S) + self.deadline_grace_s
+
+
+def _clamp(value: float, lo: float, hi: float) -> float:
+    return max(lo, min(hi, value))

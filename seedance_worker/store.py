@@ -1,0 +1,314 @@
+"""Job records in Redis: one hash per tracked remote task, fenced by a generation number.
+
+Keys (all under ``seedance:``):
+
+- ``seedance:job:{task_id}``  hash, the job record (fields below)
+- ``seedance:jobs``           zset task_id -> tracked_at, for listing
+- ``seedance:due``            zset task_id -> lease deadline; the sweeper re-drives what is overdue
+- ``seedance:idem:{key}``     hash, submit idempotency records
+
+Every state change is one Lua script, so two copies of a poll message (a redelivery, a restore after
+the visibility timeout, a duplicate ``track()``) can never both advance a job: the copy whose ``gen``
+no longer matches is stale and drops out without calling the API (celery-polling.md section 3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from .settings import Settings, get_settings
+
+PREFIX = "seedance:"
+JOBS = PREFIX + "jobs"
+DUE = PREFIX + "due"
+
+
+def job_key(task_id: str) -> str:
+    return f"{PREFIX}job:{task_id}"
+
+
+def idem_key(key: str) -> str:
+    return f"{PREFIX}idem:{key}"
+
+
+# KEYS[1]=job KEYS[2]=jobs KEYS[3]=due; ARGV: owner, now, lease_at, then field/value pairs
+_REGISTER = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then
+  return {0, owner, redis.call('HGET', KEYS[1], 'state') or ''}
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'gen', 1, 'state', 'polling', 'polls', 0,
+           'crashes', 0, 'error_streak', 0, 'status_polls', 0, 'tracked_at', ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5] or '')
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5] or '')
+return {1, ARGV[1], 'polling'}
+"""
+
+# KEYS[1]=job KEYS[2]=due; ARGV: gen, lease_at, max_crashes, task_id
+# -> {verdict, ...}: ok | stale | missing | terminal (message is the terminal gen) | crashloop
+_BEGIN = """
+local rec = redis.call('HMGET', KEYS[1], 'gen', 'state', 'terminal_gen', 'crashes')
+if not rec[1] then return {'missing'} end
+local gen = tonumber(rec[1])
+local msg = tonumber(ARGV[1])
+if rec[2] ~= 'polling' then
+  if rec[3] and tonumber(rec[3]) == msg then return {'terminal'} end
+  return {'stale'}
+end
+if gen ~= msg then return {'stale'} end
+local crashes = redis.call('HINCRBY', KEYS[1], 'crashes', 1)
+if crashes > tonumber(ARGV[3]) then return {'crashloop', tostring(crashes - 1)} end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+return {'ok'}
+"""
+
+# KEYS[1]=job KEYS[2]=due; ARGV: gen, lease_at, task_id, then field/value pairs
+_ADVANCE = """
+local rec = redis.call('HMGET', KEYS[1], 'gen', 'state')
+if not rec[1] or rec[2] ~= 'polling' or tonumber(rec[1]) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'gen', tonumber(ARGV[1]) + 1, 'crashes', 0)
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+# KEYS[1]=job KEYS[2]=due; ARGV: gen, lease_at, task_id, then field/value pairs
+_FINISH = """
+local rec = redis.call('HMGET', KEYS[1], 'gen', 'state')
+if not rec[1] or rec[2] ~= 'polling' or tonumber(rec[1]) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'gen', tonumber(ARGV[1]) + 1, 'terminal_gen', ARGV[1], 'state', 'handoff',
+           'handoff', 'pending', 'crashes', 0)
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+# KEYS[1]=job KEYS[2]=due; ARGV: ttl_s, task_id, then field/value pairs
+_COMPLETE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'polling' then return -1 end
+redis.call('HSET', KEYS[1], 'state', 'done')
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+if state == 'done' then return 2 end
+return 1
+"""
+
+# KEYS[1]=job KEYS[2]=due; ARGV: expected_state, lease_at, task_id, then field/value pairs
+_TOUCH = """
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+JSON_FIELDS = ("snapshot", "outcome", "metadata", "on_succeeded", "on_failed")
+FLOAT_FIELDS = ("tracked_at", "next_due_at", "terminal_at", "not_before", "updated_at", "handoff_at")
+INT_FIELDS = ("gen", "polls", "crashes", "error_streak", "status_polls", "terminal_gen", "handoff_fires")
+
+
+@dataclass
+class JobRecord:
+    task_id: str
+    owner: str = ""
+    state: str = "polling"
+    gen: int = 1
+    polls: int = 0
+    crashes: int = 0
+    error_streak: int = 0
+    status_polls: int = 0
+    status: str | None = None
+    tracked_at: float | None = None
+    next_due_at: float | None = None
+    not_before: float | None = None
+    terminal_at: float | None = None
+    terminal_gen: int | None = None
+    updated_at: float | None = None
+    handoff: str | None = None
+    handoff_at: float | None = None
+    handoff_fires: int = 0
+    last_error: str | None = None
+    end_reason: str | None = None
+    snapshot: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    on_succeeded: list[Any] | None = None
+    on_failed: list[Any] | None = None
+
+    @classmethod
+    def from_hash(cls, task_id: str, raw: dict[str, str]) -> JobRecord:
+        known = set(cls.__dataclass_fields__)
+        values: dict[str, Any] = {}
+        for k, v in raw.items():
+            if k not in known or k == "task_id":
+                continue
+            if k in JSON_FIELDS:
+                values[k] = json.loads(v) if v else None
+            elif k in FLOAT_FIELDS:
+                values[k] = float(v) if v != "" else None
+            elif k in INT_FIELDS:
+                values[k] = int(float(v)) if v != "" else None
+            else:
+                values[k] = v
+        if values.get("metadata") is None:
+            values["metadata"] = {}
+        return cls(task_id=task_id, **values)
+
+    def public(self) -> dict[str, Any]:
+        """What ``seedance-worker jobs --json`` shows."""
+        return {
+            "task_id": self.task_id,
+            "state": self.state,
+            "status": self.status,
+            "polls": self.polls,
+            "gen": self.gen,
+            "tracked_at": self.tracked_at,
+            "next_due_at": self.next_due_at,
+            "terminal_at": self.terminal_at,
+            "handoff": self.handoff,
+            "last_error": self.last_error,
+            "end_reason": self.end_reason,
+            "metadata": self.metadata,
+            "outcome_status": (self.outcome or {}).get("status"),
+        }
+
+
+def _flatten(fields: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for k, v in fields.items():
+        if v is None:
+            v = ""
+        elif k in JSON_FIELDS:
+            v = json.dumps(v, separators=(",", ":"))
+        elif isinstance(v, bool):
+            v = int(v)
+        out.extend((k, v))
+    return out
+
+
+@dataclass(frozen=True)
+class Registration:
+    created: bool
+    owner: str
+    state: str
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._register = client.register_script(_REGISTER)
+        self._begin = client.register_script(_BEGIN)
+        self._advance = client.register_script(_ADVANCE)
+        self._finish = client.register_script(_FINISH)
+        self._complete = client.register_script(_COMPLETE)
+        self._touch = client.register_script(_TOUCH)
+
+    def __repr__(self) -> str:
+        return "JobStore()"
+
+    def register(
+        self, task_id: str, owner: str, *, now: float, lease_at: float, fields: dict[str, Any]
+    ) -> Registration:
+        # task_id goes first among the pairs: the script reads it at ARGV[5] for the index zsets.
+        args = [owner, now, lease_at, *_flatten({"task_id": task_id, **fields})]
+        created, who, state = self._register(keys=[job_key(task_id), JOBS, DUE], args=args)
+        return Registration(bool(int(created)), _s(who), _s(state))
+
+    def begin(self, task_id: str, gen: int, *, lease_at: float, max_crashes: int) -> tuple[str, int]:
+        res = self._begin(keys=[job_key(task_id), DUE], args=[gen, lease_at, max_crashes, task_id])
+        verdict = _s(res[0])
+        extra = int(_s(res[1])) if len(res) > 1 else 0
+        return verdict, extra
+
+    def advance(self, task_id: str, gen: int, *, lease_at: float, fields: dict[str, Any]) -> bool:
+        args = [gen, lease_at, task_id, *_flatten(fields)]
+        return bool(self._advance(keys=[job_key(task_id), DUE], args=args))
+
+    def finish(self, task_id: str, gen: int, *, lease_at: float, fields: dict[str, Any]) -> bool:
+        args = [gen, lease_at, task_id, *_flatten(fields)]
+        return bool(self._finish(keys=[job_key(task_id), DUE], args=args))
+
+    def complete(self, task_id: str, *, ttl_s: int, fields: dict[str, Any]) -> int:
+        args = [ttl_s, task_id, *_flatten(fields)]
+        return int(self._complete(keys=[job_key(task_id), DUE], args=args))
+
+    def touch(self, task_id: str, *, expected_state: str, lease_at: float, fields: dict[str, Any]) -> bool:
+        args = [expected_state, lease_at, task_id, *_flatten(fields)]
+        return bool(self._touch(keys=[job_key(task_id), DUE], args=args))
+
+    def get(self, task_id: str) -> JobRecord | None:
+        raw = self.r.hgetall(job_key(task_id))
+        if not raw:
+            return None
+        return JobRecord.from_hash(task_id, {_s(k): _s(v) for k, v in raw.items()})
+
+    def all(self, limit: int = 1000) -> list[JobRecord]:
+        ids = [_s(x) for x in self.r.zrevrange(JOBS, 0, limit - 1)]
+        pipe = self.r.pipeline(transaction=False)
+        for tid in ids:
+            pipe.hgetall(job_key(tid))
+        out = []
+        stale = []
+        for tid, raw in zip(ids, pipe.execute(), strict=True):
+            if raw:
+                out.append(JobRecord.from_hash(tid, {_s(k): _s(v) for k, v in raw.items()}))
+            else:
+                stale.append(tid)
+        if stale:  # records expired after their TTL: drop them from the index too
+            self.r.zrem(JOBS, *stale)
+        return out
+
+    def overdue(self, now: float, limit: int = 500) -> list[str]:
+        return [_s(x) for x in self.r.zrangebyscore(DUE, "-inf", now, start=0, num=limit)]
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_stores: dict[tuple[int, str], JobStore] = {}
+_lock = threading.Lock()
+
+
+def redis_client(settings: Settings | None = None) -> redis.Redis:
+    settings = settings or get_settings()
+    return get_store(settings).r
+
+
+def get_store(settings: Settings | None = None) -> JobStore:
+    """One Redis connection pool per process (prefork children build their own after fork)."""
+    settings = settings or get_settings()
+    key = (os.getpid(), settings.redis_url)
+    with _lock:
+        store = _stores.get(key)
+        if store is None:
+            client = redis.Redis.from_url(
+                settings.redis_url,
+                decode_responses=True,
+                socket_timeout=30,
+                socket_connect_timeout=5,
+                health_check_interval=25,
+                retry_on_timeout=True,
+            )
+            store = JobStore(client)
+            _stores[key] = store
+        return store
+
+
+def reset_stores() -> None:
+    with _lock:
+        _stores.clear()
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,131 @@
+"""``track()``: start one poll chain for a remote task that already exists (never two)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+from celery.canvas import Signature
+from celery.result import AsyncResult
+
+from . import errors
+from .client import validate_task_id
+from .schedule import Schedule
+from .settings import Settings, get_settings
+from .store import get_store
+
+ChainSpec: TypeAlias = str | Signature | dict[str, Any] | Sequence[str | Signature | dict[str, Any]] | None
+
+
+def normalize_chain(spec: ChainSpec, default: list[str], setting: str) -> list[Any]:
+    """Task names or signatures -> a JSON list (names as strings, signatures as their dicts)."""
+    if spec is None:
+        return list(default)
+    items: Sequence[Any]
+    if isinstance(spec, str):
+        items = [p.strip() for p in spec.split(",") if p.strip()]
+    elif isinstance(spec, Signature | dict):
+        items = [spec]
+    else:
+        items = list(spec)
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, Signature):
+            out.append(json.loads(json.dumps(dict(item))))
+        elif isinstance(item, dict) and "task" in item:
+            out.append(json.loads(json.dumps(item)))
+        else:
+            raise errors.InvalidRequest(f"{setting}: expected task names or Celery signatures, got {item!r}")
+    return out
+
+
+def validate_metadata(metadata: Any, settings: Settings) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except ValueError as exc:
+            raise errors.InvalidRequest(f"metadata is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise errors.InvalidRequest(f"metadata must be a JSON object, got {type(metadata).__name__}")
+    try:
+        text = json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise errors.InvalidRequest(f"metadata is not JSON-serialisable: {exc}") from None
+    if len(text.encode()) > settings.metadata_max_bytes:
+        raise errors.InvalidRequest(
+            f"metadata is {len(text.encode())} bytes, over SEEDANCE_METADATA_MAX_BYTES="
+            f"{settings.metadata_max_bytes}"
+        )
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def registration_fields(
+    settings: Settings,
+    *,
+    metadata: Any = None,
+    on_succeeded: ChainSpec = None,
+    on_failed: ChainSpec = None,
+) -> dict[str, Any]:
+    return {
+        "metadata": validate_metadata(metadata, settings),
+        "on_succeeded": normalize_chain(on_succeeded, settings.on_succeeded, "on_succeeded"),
+        "on_failed": normalize_chain(on_failed, settings.on_failed, "on_failed"),
+    }
+
+
+def track(
+    task_id: str,
+    *,
+    on_succeeded: ChainSpec = None,
+    on_failed: ChainSpec = None,
+    metadata: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> AsyncResult:
+    """Start tracking a remote task; a second call for the same id returns the first chain's handle."""
+    from .celeryapp import ensure_app
+    from .poll import _lease_after, poll, publish_poll
+
+    ensure_app()
+    settings = settings or get_settings()
+    validate_task_id(task_id)
+    fields = registration_fields(settings, metadata=metadata, on_succeeded=on_succeeded, on_failed=on_failed)
+    schedule = Schedule.from_settings(settings)
+    now = time.time()
+    owner = str(uuid.uuid4())
+    countdown = schedule.first_countdown()
+    reg = get_store(settings).register(
+        task_id, owner, now=now, lease_at=_lease_after(settings, countdown, now), fields=fields
+    )
+    if reg.created:
+        # If this publish is lost (crash, Redis blip) the record's lease runs out and the sweeper
+        # publishes it instead.
+        publish_poll(task_id, gen=1, countdown_s=countdown, celery_id=owner, settings=settings)
+    result: AsyncResult = poll.AsyncResult(reg.owner)
+    return result
+
+
+def track_many(
+    task_ids: Sequence[str],
+    *,
+    metadata: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+    **kw: Any,
+) -> list[AsyncResult]:
+    """``track()`` for a batch, refusing more than SEEDANCE_TRACK_MAX_IDS ids at once."""
+    settings = settings or get_settings()
+    if len(task_ids) > settings.track_max_ids:
+        raise errors.InvalidRequest(
+            f"{len(task_ids)} ids in one call, over SEEDANCE_TRACK_MAX_IDS={settings.track_max_ids}; "
+            "send them in batches"
+        )
+    for tid in task_ids:
+        validate_task_id(tid)
+    return [track(tid, metadata=metadata, settings=settings, **kw) for tid in task_ids]

@@ -1,0 +1,240 @@
+"""``seedance.charge_usage``: one ledger entry per remote task, however often the step runs.
+
+The claim and the entry are one Lua script, so a retried, redelivered or concurrently running copy
+can neither write a second entry nor mark the task charged without writing one
+(celery-polling.md section 3, "effects exactly once")::
+
+    seedance:ledger:by_task  hash  task_id -> entry JSON (HSETNX: the first writer wins)
+    seedance:ledger          list  task_ids in charge order (RPUSH only when HSETNX won)
+
+An entry::
+
+    {"entry_id": "chg_<24 hex>", "task_id": "cgt-...", "model": "...", "service_tier": "default",
+     "completion_tokens": 108900, "total_tokens": 108900, "amount": "0.5445" | null,
+     "currency": "USD" | null, "price_per_million": "5.00" | null, "metadata": {...}, "ts": 1779348874.9}
+
+Amounts are Decimal strings (never floats, never summed in Redis); ``list_ledger`` adds them up in
+Python. The optional price table (``SEEDANCE_PRICE_TABLE``) is a JSON file of prices per million
+completion tokens by model and service tier, ``"*"`` being the fallback model::
+
+    {"seedance-1-5-pro-251215": {"default": "2.50", "flex": "1.25"}, "*": {"default": "3.00"}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from celery import Task, shared_task
+
+from .errors import ConfigError
+from .models import Charge, Outcome
+from .settings import Settings, get_settings
+from .store import PREFIX, get_store
+
+log = logging.getLogger(__name__)
+
+LEDGER = PREFIX + "ledger"
+LEDGER_BY_TASK = PREFIX + "ledger:by_task"
+PER_MILLION = Decimal(1_000_000)
+QUANTUM = Decimal("0.000001")
+DEFAULT_TIER = "default"
+ANY_MODEL = "*"
+
+# KEYS[1]=ledger:by_task KEYS[2]=ledger; ARGV[1]=task_id ARGV[2]=entry JSON -> {created, entry JSON}
+_CHARGE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  return {1, ARGV[2]}
+end
+return {0, redis.call('HGET', KEYS[1], ARGV[1])}
+"""
+
+
+def _bad_table(path: Path, problem: str) -> ConfigError:
+    return ConfigError(f"SEEDANCE_PRICE_TABLE={path}: {problem}")
+
+
+def _price(path: Path, where: str, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _bad_table(path, f'{where}: price must be a decimal string like "2.50", got {value!r}')
+    try:
+        price = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise _bad_table(path, f"{where}: {value!r} is not a decimal number") from None
+    if not price.is_finite() or price < 0:
+        raise _bad_table(path, f"{where}: price must be a finite number >= 0, got {value!r}")
+    return price
+
+
+def load_price_table(path: Path | str) -> dict[tuple[str, str], Decimal]:
+    """``{(model, service_tier): price per million completion tokens}`` from a JSON file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _bad_table(path, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    except UnicodeDecodeError:
+        raise _bad_table(path, "the file is not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise _bad_table(path, f"not valid JSON ({exc.msg} at {where})") from None
+    if not isinstance(data, dict):
+        raise _bad_table(path, 'expected an object like {"<model>": {"default": "2.50", "flex": "1.25"}}')
+    table: dict[tuple[str, str], Decimal] = {}
+    for model, tiers in data.items():
+        if not isinstance(tiers, dict) or not tiers:
+            raise _bad_table(
+                path, f"model {model!r}: expected an object of service tier -> price, got {tiers!r}"
+            )
+        for tier, value in tiers.items():
+            table[(str(model), str(tier))] = _price(path, f"{model!r}/{tier!r}", value)
+    return table
+
+
+def price_for(
+    table: dict[tuple[str, str], Decimal], model: str | None, service_tier: str | None
+) -> Decimal | None:
+    """The model's price for the tier, else the ``"*"`` model's; never another tier's price."""
+    tier = service_tier or DEFAULT_TIER
+    for key in ((model or "", tier), (ANY_MODEL, tier)):
+        if key in table:
+            return table[key]
+    return None
+
+
+def format_amount(value: Decimal) -> str:
+    """A Decimal as plain digits: no exponent, no trailing zeros ("0.5445", "12", "0")."""
+    text = format(value.quantize(QUANTUM).normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
+def compute_amount(tokens: int | None, price_per_million: Decimal | None) -> str | None:
+    if tokens is None or price_per_million is None:
+        return None
+    return format_amount(Decimal(tokens) * price_per_million / PER_MILLION)
+
+
+def entry_id(task_id: str) -> str:
+    """Deterministic, so it doubles as a billing system's idempotency key."""
+    return "chg_" + hashlib.sha256(f"{task_id}:charge".encode()).hexdigest()[:24]
+
+
+def build_entry(out: Outcome, settings: Settings, now: float | None = None) -> dict[str, Any]:
+    snap = out.snapshot_model()
+    usage = snap.usage if snap else None
+    completion = usage.completion_tokens if usage else None
+    total = usage.total_tokens if usage else None
+    model = snap.model if snap else None
+    tier = snap.service_tier if snap else None
+    price = price_for(settings.price_per_million(), model, tier)
+    billable = completion if completion is not None else total
+    amount = compute_amount(billable, price)
+    return {
+        "entry_id": entry_id(out.task_id),
+        "task_id": out.task_id,
+        "model": model,
+        "service_tier": tier,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "amount": amount,
+        "currency": settings.currency if amount is not None else None,
+        "price_per_million": str(price) if price is not None and amount is not None else None,
+        "metadata": out.metadata,
+        "ts": time.time() if now is None else now,
+    }
+
+
+def record_charge(task_id: str, entry: dict[str, Any], settings: Settings) -> tuple[bool, dict[str, Any]]:
+    """Write ``entry`` unless the task already has one; returns (created, the stored entry)."""
+    r = get_store(settings).r
+    blob = json.dumps(entry, separators=(",", ":"), sort_keys=True)
+    script = r.register_script(_CHARGE)  # EVALSHA, falling back to EVAL after a Redis restart
+    created, stored = script(keys=[LEDGER_BY_TASK, LEDGER], args=[task_id, blob])
+    return bool(int(created)), json.loads(stored)
+
+
+def charge_from_entry(entry: dict[str, Any]) -> Charge:
+    return Charge(
+        completion_tokens=entry.get("completion_tokens"),
+        total_tokens=entry.get("total_tokens"),
+        model=entry.get("model"),
+        service_tier=entry.get("service_tier"),
+        amount=entry.get("amount"),
+        currency=entry.get("currency"),
+        entry_id=entry.get("entry_id"),
+    )
+
+
+def get_entry(task_id: str, settings: Settings | None = None) -> dict[str, Any] | None:
+    settings = settings or get_settings()
+    raw = get_store(settings).r.hget(LEDGER_BY_TASK, task_id)
+    return json.loads(raw) if raw else None
+
+
+def list_ledger(
+    settings: Settings | None = None, *, limit: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The entries in charge order (the last ``limit`` when given) and their totals."""
+    settings = settings or get_settings()
+    r = get_store(settings).r
+    start = -limit if limit else 0
+    ids = [str(x) for x in r.lrange(LEDGER, start, -1)]
+    entries: list[dict[str, Any]] = []
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        for raw in r.hmget(LEDGER_BY_TASK, chunk):
+            if raw:
+                entries.append(json.loads(raw))
+    completion = 0
+    total = 0
+    amounts: dict[str, Decimal] = {}
+    for e in entries:
+        completion += int(e.get("completion_tokens") or 0)
+        total += int(e.get("total_tokens") or 0)
+        if e.get("amount") is not None and e.get("currency"):
+            cur = str(e["currency"])
+            amounts[cur] = amounts.get(cur, Decimal(0)) + Decimal(str(e["amount"]))
+    totals = {
+        "count": len(entries),
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "amount": {cur: format_amount(value) for cur, value in sorted(amounts.items())},
+    }
+    return entries, totals
+
+
+@shared_task(bind=True, name="seedance.charge_usage", acks_late=True, reject_on_worker_lost=True)
+def charge_usage(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Outcome in, Outcome out with ``charge`` filled: the task's one ledger entry."""
+    out = Outcome.model_validate(outcome)
+    if not out.succeeded:
+        return outcome
+    settings = get_settings()
+    try:
+        entry = build_entry(out, settings)
+    except ConfigError as exc:
+        # No entry with a wrong amount: the step error says why, and a re-drive after the fix charges.
+        log.error("charge task=%s not recorded: %s", out.task_id, exc)
+        out.step_errors["charge"] = {"type": "ConfigError", "kind": "price_table", "message": str(exc)}
+        return out.wire()
+    created, stored = record_charge(out.task_id, entry, settings)
+    out.charge = charge_from_entry(stored)
+    out.step_errors.pop("charge", None)
+    log.info(
+        "charge task=%s %s entry=%s tokens=%s amount=%s %s",
+        out.task_id,
+        "recorded" if created else "already recorded",
+        stored.get("entry_id"),
+        stored.get("completion_tokens"),
+        stored.get("amount"),
+        stored.get("currency") or "",
+    )
+    return out.wire()

@@ -1,0 +1,612 @@
+"""``seedance.download_video``: store the generated video (and its last frame) once, atomically.
+
+The video is streamed from the signed ``content.video_url`` into a partial file while its sha256 is
+computed, checked against ``Content-Length`` and made visible under ``<task_id>.mp4`` by an atomic
+rename (``storage.py``). Right after the rename the result is kept in Redis::
+
+    seedance:video:{task_id}  string, JSON {"uri", "sha256", "bytes", "content_type",
+                                            "last_frame_uri", "stored_at"}  (TTL SEEDANCE_JOB_TTL_S)
+
+so a second run (a redelivery, a re-driven hand-off) finds the record and the file of the same size
+and returns the same ``VideoFile`` without fetching anything.
+
+Faults and what happens:
+
+* connection dropped mid-body: resumed with ``Range: bytes=N-`` (a ``200`` answer restarts at 0);
+* 403/404 from storage (the signed URL expired): the task is fetched again for a fresh URL
+  (at most ``MAX_URL_REFRESHES`` times);
+* 5xx/429 from storage, or more drops than ``MAX_RESUMES``: ``self.retry`` (the chain is kept),
+  at most ``MAX_RETRIES`` times; a partial file is kept so the retry resumes it;
+* host not allowed, body too large, not a video, bad length, URL expired for good: nothing is
+  raised; the error goes to ``outcome.step_errors["download"]`` and ``video`` stays ``null`` so the
+  rest of the chain (charge, notify) still runs and the notification carries the error.
+
+Signed URLs are never logged with their query string (host and path only), and the API key is never
+sent to storage hosts: downloads use their own HTTP session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+from celery import Task, shared_task
+
+from .client import get_client
+from .errors import DownloadError, RetryableError, SeedanceError
+from .handoff import extend_lease
+from .models import Outcome, TaskSnapshot, VideoFile
+from .settings import Settings, get_settings
+from .storage import LocalStorage, PartialFile, Storage, StorageBusy, file_name
+from .store import PREFIX, get_store
+from .version import __version__
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 5
+MAX_URL_REFRESHES = 2
+MAX_RESUMES = 3
+MAX_REDIRECTS = 5
+CHUNK_BYTES = 64 * 1024
+LEASE_EVERY_S = 60.0
+VIDEO_SUFFIX = ".mp4"
+LAST_FRAME_SUFFIXES = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp"}
+_REDIRECTS = (301, 302, 303, 307, 308)
+_EXPIRED = (403, 404, 410)
+_HOSTNAME = re.compile(r"^[a-z0-9.\-:]+$")
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_TRANSPORT_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.Timeout,
+)
+
+Kind = Literal["video", "last_frame"]
+
+
+class RedactQueryFilter(logging.Filter):
+    """Strips query strings from the URLs urllib3 logs at DEBUG: signed URLs carry credentials there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                a.split("?", 1)[0] + "?<redacted>"
+                if isinstance(a, str) and "?" in a and a.startswith(("/", "http://", "https://"))
+                else a
+                for a in record.args
+            )
+        return True
+
+
+def _install_log_redaction() -> None:
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, RedactQueryFilter) for f in pool_log.filters):
+        pool_log.addFilter(RedactQueryFilter())
+
+
+_install_log_redaction()
+
+
+def video_key(task_id: str) -> str:
+    return f"{PREFIX}video:{task_id}"
+
+
+class _Transient(Exception):
+    """May work later: retry the task (5xx, 429, too many dropped connections, busy partial file)."""
+
+    def __init__(self, message: str, kind: str = "http_error") -> None:
+        super().__init__(message, kind)
+        self.message = message
+        self.kind = kind
+
+
+class _Expired(Exception):
+    """Storage answered 403/404: the signed URL has expired (or was revoked); a fresh one may help."""
+
+
+@dataclass(frozen=True)
+class _Stored:
+    uri: str
+    sha256: str
+    bytes: int
+    content_type: str
+
+
+def redact(url: str) -> str:
+    """``scheme://host/path`` of a URL: signed URLs carry their credentials in the query string."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def host_allowed(url: str, patterns: list[str]) -> bool:
+    """Whether ``url`` is http(s) and its host (not port) matches one of the fnmatch ``patterns``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not host or not _HOSTNAME.match(host):
+        return False
+    host = host.rstrip(".")
+    return any(p.strip() == "*" or fnmatchcase(host, p.strip().lower().rstrip(".")) for p in patterns)
+
+
+def _check_host(url: str, settings: Settings) -> None:
+    if not host_allowed(url, settings.download_allowed_hosts):
+        raise DownloadError(
+            f"refusing to download from {redact(url)}: host not in SEEDANCE_DOWNLOAD_ALLOWED_HOSTS",
+            "host_not_allowed",
+        )
+
+
+def _media_type(resp: requests.Response) -> str:
+    value = resp.headers.get("Content-Type") or "application/octet-stream"
+    return value.split(";", 1)[0].strip().lower() or "application/octet-stream"
+
+
+def _acceptable(media_type: str, kind: Kind) -> bool:
+    major = "video/" if kind == "video" else "image/"
+    return media_type.startswith(major) or media_type == "application/octet-stream"
+
+
+def _looks_like_markup(head: bytes) -> bool:
+    text = head.lstrip()[:64].lower()
+    return text.startswith((b"<!doctype", b"<html", b"<?xml", b"<error", b'{"error'))
+
+
+def _int_header(resp: requests.Response, name: str) -> int | None:
+    value = resp.headers.get(name)
+    if value is None:
+        return None
+    try:
+        n = int(value.strip())
+    except ValueError:
+        return None
+    return n if n >= 0 else None
+
+
+def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    m = _CONTENT_RANGE.match(value or "")
+    if not m:
+        return None
+    total = None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), int(m.group(2)), total
+
+
+def _chunks(resp: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives, undecoded (byte-exact for the hash and Content-Length).
+
+    ``read1`` hands over whatever the socket delivered, so a connection cut mid-chunk loses no
+    received bytes and the resume starts exactly where the data stopped (``iter_content`` would
+    drop the partly read chunk with the exception).
+    """
+    raw = resp.raw
+    while True:
+        try:
+            data = raw.read1(CHUNK_BYTES, decode_content=False)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.exceptions.ConnectionError(type(exc).__name__) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.exceptions.ChunkedEncodingError(type(exc).__name__) from None
+        if not data:
+            return
+        yield data
+
+
+def _get(
+    session: requests.Session, url: str, headers: dict[str, str], settings: Settings
+) -> requests.Response:
+    """GET without automatic redirects: every hop's host is checked against the allow list."""
+    for _ in range(MAX_REDIRECTS + 1):
+        _check_host(url, settings)
+        resp = session.get(
+            url,
+            headers=headers,
+            stream=True,
+            allow_redirects=False,
+            timeout=(settings.http_connect_timeout_s, settings.download_timeout_s),
+        )
+        location = resp.headers.get("Location")
+        if resp.status_code in _REDIRECTS and location:
+            resp.close()
+            url = urljoin(url, location)
+            continue
+        return resp
+    raise DownloadError(f"more than {MAX_REDIRECTS} redirects from {redact(url)}", "http_error")
+
+
+def _restart(tmp: PartialFile) -> hashlib._Hash:
+    tmp.fh.seek(0)
+    tmp.fh.truncate()
+    tmp.offset = 0
+    return hashlib.sha256()
+
+
+def _rehash(tmp: PartialFile, max_bytes: int) -> hashlib._Hash:
+    """The hash of what an earlier attempt left in the partial file (or a restart if it is unusable)."""
+    if tmp.offset == 0 or tmp.offset > max_bytes:
+        return _restart(tmp)
+    hasher = hashlib.sha256()
+    tmp.fh.seek(0)
+    remaining = tmp.offset
+    while remaining:
+        block = tmp.fh.read(min(CHUNK_BYTES, remaining))
+        if not block:
+            return _restart(tmp)
+        hasher.update(block)
+        remaining -= len(block)
+    tmp.fh.seek(tmp.offset)
+    return hasher
+
+
+def fetch_into(
+    session: requests.Session,
+    url: str,
+    tmp: PartialFile,
+    *,
+    kind: Kind,
+    settings: Settings,
+    on_progress: Callable[[], None] | None = None,
+) -> tuple[str, int, str]:
+    """Stream ``url`` into ``tmp`` (resuming what it holds); returns (sha256, bytes, content type)."""
+    max_bytes = settings.download_max_bytes
+    hasher = _rehash(tmp, max_bytes)
+    drops = 0
+    restarts = 0
+    where = redact(url)
+
+    def start_over(why: str) -> None:
+        nonlocal hasher, restarts
+        restarts += 1
+        if restarts > 2:
+            raise DownloadError(f"{where}: {why} (gave up after {restarts} restarts)", "http_error")
+        log.info("download %s: %s; starting over from byte 0", where, why)
+        hasher = _restart(tmp)
+
+    while True:
+        headers = {"Accept-Encoding": "identity", "User-Agent": f"seedance-worker/{__version__}"}
+        if tmp.offset:
+            headers["Range"] = f"bytes={tmp.offset}-"
+        total: int | None = None
+        try:
+            resp = _get(session, url, headers, settings)
+        except _TRANSPORT_ERRORS as exc:
+            drops += 1
+            if drops > MAX_RESUMES:
+                raise _Transient(f"{where}: {type(exc).__name__} ({drops} times)", "http_error") from None
+            continue
+        try:
+            status = resp.status_code
+            if status in _EXPIRED:
+                raise _Expired(f"{where} answered HTTP {status}")
+            if status == 416 and tmp.offset:
+                start_over("the server refused the resume range (416)")
+                continue
+            if status == 429 or status >= 500:
+                raise _Transient(f"{where} answered HTTP {status}", "http_error")
+            if status not in (200, 206):
+                raise DownloadError(f"{where} answered HTTP {status}", "http_error")
+            media_type = _media_type(resp)
+            if not _acceptable(media_type, kind):
+                what = "a video" if kind == "video" else "an image"
+                raise DownloadError(f"{where} is not {what} (Content-Type {media_type})", "not_a_video")
+            length = _int_header(resp, "Content-Length")
+            if status == 206:
+                rng = _content_range(resp.headers.get("Content-Range"))
+                if rng is None or rng[0] != tmp.offset:
+                    start_over("the server answered a different range than asked")
+                    continue
+                total = rng[2]
+                if total is None and length is not None:
+                    total = tmp.offset + length
+                if total is not None and length is not None and length != total - tmp.offset:
+                    raise DownloadError(
+                        f"{where}: Content-Length {length} does not match Content-Range "
+                        f"{resp.headers.get('Content-Range')}",
+                        "length_mismatch",
+                    )
+            else:
+                if tmp.offset:  # the server ignored Range and sends everything again
+                    log.info("download %s: server ignored Range; restarting from byte 0", where)
+                    hasher = _restart(tmp)
+                total = length
+            if total is not None and total > max_bytes:
+                raise DownloadError(
+                    f"{where} is {total} bytes, above SEEDANCE_DOWNLOAD_MAX_BYTES={max_bytes}", "too_large"
+                )
+            last_progress = time.monotonic()
+            try:
+                for chunk in _chunks(resp):
+                    if not chunk:
+                        continue
+                    if tmp.offset == 0 and kind == "video" and _looks_like_markup(chunk[:512]):
+                        raise DownloadError(f"{where} sent markup, not a video", "not_a_video")
+                    if tmp.offset + len(chunk) > max_bytes:
+                        raise DownloadError(
+                            f"{where} is above SEEDANCE_DOWNLOAD_MAX_BYTES={max_bytes}", "too_large"
+                        )
+                    tmp.fh.write(chunk)
+                    hasher.update(chunk)
+                    tmp.offset += len(chunk)
+                    if on_progress and time.monotonic() - last_progress > LEASE_EVERY_S:
+                        last_progress = time.monotonic()
+                        on_progress()
+            except _TRANSPORT_ERRORS as exc:
+                tmp.fh.flush()
+                drops += 1
+                if drops > MAX_RESUMES:
+                    kind_ = "length_mismatch" if total is not None else "http_error"
+                    raise _Transient(
+                        f"{where}: connection dropped {drops} times ({type(exc).__name__}); "
+                        f"{tmp.offset} of {total if total is not None else '?'} bytes",
+                        kind_,
+                    ) from None
+                log.info(
+                    "download %s: connection dropped at byte %d (%s); resuming",
+                    where,
+                    tmp.offset,
+                    type(exc).__name__,
+                )
+                continue
+            if total is not None and tmp.offset != total:
+                if tmp.offset < total:
+                    drops += 1
+                    if drops > MAX_RESUMES:
+                        raise _Transient(
+                            f"{where}: body ended at {tmp.offset} of {total} bytes ({drops} times)",
+                            "length_mismatch",
+                        )
+                    continue
+                raise DownloadError(
+                    f"{where}: received {tmp.offset} bytes, Content-Length said {total}", "length_mismatch"
+                )
+            if tmp.offset == 0:
+                raise DownloadError(f"{where} sent an empty body", "length_mismatch")
+            return hasher.hexdigest(), tmp.offset, media_type
+        finally:
+            resp.close()
+
+
+def _fresh_url(task_id: str, kind: Kind, settings: Settings) -> str | None:
+    try:
+        snap = get_client(settings).get_task(task_id)
+    except RetryableError as exc:
+        raise _Transient(f"could not refresh the download URL: {type(exc).__name__}", "url_expired") from None
+    except SeedanceError as exc:
+        raise DownloadError(
+            f"the download URL expired and the task could not be fetched again ({type(exc).__name__})",
+            "url_expired",
+        ) from None
+    content = snap.content
+    if content is None:
+        return None
+    return content.video_url if kind == "video" else content.last_frame_url
+
+
+def _store_one(
+    task_id: str,
+    name: str,
+    url: str,
+    *,
+    kind: Kind,
+    storage: Storage,
+    session: requests.Session,
+    settings: Settings,
+) -> _Stored:
+    refreshes = 0
+    while True:
+        try:
+            tmp = storage.open_partial(name)
+        except StorageBusy:
+            raise _Transient(f"{name} is being downloaded by another worker", "busy") from None
+        committed = False
+        try:
+            sha, size, media_type = fetch_into(
+                session,
+                url,
+                tmp,
+                kind=kind,
+                settings=settings,
+                on_progress=lambda: extend_lease(task_id, settings),
+            )
+            uri = storage.commit(name, tmp)
+            committed = True
+            log.info(
+                "download task=%s %s stored %s bytes=%d sha256=%s from=%s",
+                task_id,
+                kind,
+                uri,
+                size,
+                sha[:16],
+                redact(url),
+            )
+            return _Stored(uri, sha, size, media_type)
+        except _Expired as exc:
+            try:
+                if refreshes >= MAX_URL_REFRESHES:
+                    raise DownloadError(
+                        f"{exc} after {refreshes} fresh URLs: the signed URL stays expired", "url_expired"
+                    ) from None
+                log.info("download task=%s %s: %s; asking the API for a fresh URL", task_id, kind, exc)
+                fresh = _fresh_url(task_id, kind, settings)
+                if not fresh:
+                    raise DownloadError(
+                        f"{exc}, and the task has no {kind} URL any more", "url_expired"
+                    ) from None
+            except DownloadError:
+                storage.discard(tmp)
+                raise
+            except BaseException:
+                storage.release(tmp)
+                raise
+            storage.release(tmp)
+            refreshes += 1
+            url = fresh
+        except DownloadError:
+            storage.discard(tmp)
+            raise
+        except BaseException:
+            if not committed:
+                storage.release(tmp)
+            raise
+
+
+def drop_partial(storage: Storage, name: str) -> None:
+    """Remove the partial file of a download we give up on (unless another worker is writing it)."""
+    try:
+        tmp = storage.open_partial(name)
+    except (StorageBusy, DownloadError, OSError):
+        return
+    storage.discard(tmp)
+
+
+def _last_frame_name(task_id: str, url: str) -> str:
+    ext = urlsplit(url).path.rsplit(".", 1)[-1].lower()
+    return file_name(task_id, ".last_frame" + LAST_FRAME_SUFFIXES.get(ext, ".png"))
+
+
+def _snapshot(out: Outcome, settings: Settings) -> TaskSnapshot | None:
+    try:
+        snap = out.snapshot_model()
+    except ValueError:
+        snap = None
+    if snap is not None and snap.video_url:
+        return snap
+    # The outcome carried no usable snapshot (a trimmed hand-off): ask the API once.
+    try:
+        return get_client(settings).get_task(out.task_id)
+    except RetryableError as exc:
+        raise _Transient(f"could not fetch the task for its video URL: {type(exc).__name__}") from None
+    except SeedanceError as exc:
+        raise DownloadError(
+            f"the outcome has no video URL and the task could not be fetched: {exc}", "no_video_url"
+        ) from None
+
+
+def stored_video(task_id: str, settings: Settings, storage: Storage) -> VideoFile | None:
+    """The VideoFile of an earlier completed download, when its record and its file still agree."""
+    raw = get_store(settings).r.get(video_key(task_id))
+    if not raw:
+        return None
+    try:
+        video = VideoFile.model_validate(json.loads(str(raw)))
+    except ValueError:
+        return None
+    if storage.size(file_name(task_id, VIDEO_SUFFIX)) != video.bytes:
+        return None
+    return video
+
+
+def _save_record(task_id: str, video: VideoFile, settings: Settings) -> None:
+    record = {**video.model_dump(mode="json"), "stored_at": time.time()}
+    blob = json.dumps(record, separators=(",", ":"))
+    get_store(settings).r.set(video_key(task_id), blob, ex=settings.job_ttl_s)
+
+
+def fetch_outputs(
+    out: Outcome, settings: Settings, storage: Storage | None = None
+) -> tuple[VideoFile, dict[str, dict[str, Any]]]:
+    """Download the video (and last frame) of a succeeded outcome; returns it and non-fatal errors."""
+    storage = storage or LocalStorage(settings.download_dir)
+    task_id = out.task_id
+    name = file_name(task_id, VIDEO_SUFFIX)  # refuses a hostile id before anything else happens
+    done = stored_video(task_id, settings, storage)
+    if done is not None:
+        log.info("download task=%s already stored at %s; nothing to do", task_id, done.uri)
+        return done, {}
+    extend_lease(task_id, settings)
+    snap = _snapshot(out, settings)
+    video_url = snap.video_url if snap else None
+    if not video_url:
+        raise DownloadError("the succeeded task has no content.video_url", "no_video_url")
+    notes: dict[str, dict[str, Any]] = {}
+    with requests.Session() as session:
+        stored = _store_one(
+            task_id, name, video_url, kind="video", storage=storage, session=session, settings=settings
+        )
+        video = VideoFile(
+            uri=stored.uri, sha256=stored.sha256, bytes=stored.bytes, content_type=stored.content_type
+        )
+        _save_record(task_id, video, settings)
+        frame_url = snap.content.last_frame_url if snap and snap.content else None
+        if frame_url:
+            try:
+                frame = _store_one(
+                    task_id,
+                    _last_frame_name(task_id, frame_url),
+                    frame_url,
+                    kind="last_frame",
+                    storage=storage,
+                    session=session,
+                    settings=settings,
+                )
+                video = video.model_copy(update={"last_frame_uri": frame.uri})
+                _save_record(task_id, video, settings)
+            except (DownloadError, _Transient) as exc:
+                # The video is what was paid for; a missing last frame does not fail the step.
+                log.warning("download task=%s last frame not stored: %s", task_id, exc.message)
+                drop_partial(storage, _last_frame_name(task_id, frame_url))
+                notes["last_frame"] = {"type": "DownloadError", "kind": exc.kind, "message": exc.message}
+    return video, notes
+
+
+def _record_error(out: Outcome, kind: str, message: str) -> dict[str, Any]:
+    out.video = None
+    out.step_errors["download"] = {"type": "DownloadError", "kind": kind, "message": message}
+    log.warning("download task=%s failed kind=%s: %s", out.task_id, kind, message)
+    return out.wire()
+
+
+def retry_countdown(retries: int) -> float:
+    return float(min(5 * 2**retries, 300)) * random.uniform(0.8, 1.2)
+
+
+@shared_task(
+    bind=True,
+    name="seedance.download_video",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=MAX_RETRIES,
+)
+def download_video(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Outcome in, Outcome out with ``video`` filled (or ``step_errors["download"]`` recorded)."""
+    out = Outcome.model_validate(outcome)
+    if not out.succeeded:
+        return outcome
+    settings = get_settings()
+    try:
+        video, notes = fetch_outputs(out, settings)
+    except DownloadError as exc:
+        return _record_error(out, exc.kind, exc.message)
+    except _Transient as exc:
+        retries = int(self.request.retries or 0)
+        if retries < MAX_RETRIES:
+            countdown = retry_countdown(retries)
+            log.warning(
+                "download task=%s: %s; retry %d/%d in %.0fs",
+                out.task_id,
+                exc.message,
+                retries + 1,
+                MAX_RETRIES,
+                countdown,
+            )
+            raise self.retry(countdown=countdown, max_retries=MAX_RETRIES) from None
+        drop_partial(LocalStorage(settings.download_dir), file_name(out.task_id, VIDEO_SUFFIX))
+        return _record_error(out, exc.kind, f"{exc.message} (gave up after {retries + 1} attempts)")
+    out.video = video
+    out.step_errors.pop("download", None)
+    out.step_errors.update(notes)
+    return out.wire()

@@ -1,0 +1,219 @@
+"""``seedance.notify``: POST the Outcome to ``SEEDANCE_NOTIFY_URL`` as a Standard Webhook.
+
+Each delivery is signed with ``SEEDANCE_NOTIFY_SECRET`` (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature: v1,<base64 HMAC-SHA256>``). The ``webhook-id`` is derived from the remote task
+id and its status, so every attempt, retry and redelivery of one notification carries the same id
+and a receiver can drop repeats.
+
+The delivery state lives in Redis, one hash per webhook id::
+
+    seedance:delivery:{webhook_id}  hash  first_at, attempts, last_status_code, last_error,
+                                          delivered=1, status_code, delivered_at, final_error
+
+``attempts`` is counted by a Lua script before every POST, together with the budget check
+(``SEEDANCE_NOTIFY_MAX_ATTEMPTS`` attempts within ``SEEDANCE_NOTIFY_RETRY_FOR_S`` of the first one),
+so the count is exact across retries and redeliveries. After a 2xx the hash is marked delivered and
+no later run sends it again. A non-2xx answer or a network error is retried with exponential backoff
+and jitter through ``self.retry`` (the chain is kept); when the budget is spent the failure is
+recorded in ``outcome.notification`` and the task returns normally, so the chain completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from celery import Task, shared_task
+from standardwebhooks.webhooks import Webhook
+
+from .download import redact
+from .models import Notification, Outcome
+from .settings import Settings, get_settings
+from .store import PREFIX, get_store
+from .version import __version__
+
+log = logging.getLogger(__name__)
+
+NO_URL_ERROR = "no SEEDANCE_NOTIFY_URL configured"
+BACKOFF_CAP_S = 300
+
+# KEYS[1]=delivery hash; ARGV: now, max_attempts, retry_for_s, ttl_s -> {verdict, attempts}
+# verdict: delivered (a 2xx was recorded) | exhausted (budget spent) | send (attempt claimed)
+_CLAIM = """
+local rec = redis.call('HMGET', KEYS[1], 'delivered', 'first_at', 'attempts')
+local attempts = tonumber(rec[3] or '0')
+if rec[1] == '1' then return {'delivered', tostring(attempts)} end
+local now = tonumber(ARGV[1])
+local first = tonumber(rec[2])
+if not first then
+  redis.call('HSET', KEYS[1], 'first_at', ARGV[1])
+  first = now
+end
+if attempts >= tonumber(ARGV[2]) or (attempts > 0 and now - first > tonumber(ARGV[3])) then
+  return {'exhausted', tostring(attempts)}
+end
+attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return {'send', tostring(attempts)}
+"""
+
+_warned_unsigned = False
+
+
+def webhook_id(task_id: str, status: str) -> str:
+    """Stable per (remote task, status): ``msg_`` + 32 hex digits."""
+    return "msg_" + hashlib.sha256(f"{task_id}:{status}".encode()).hexdigest()[:32]
+
+
+def delivery_key(wid: str) -> str:
+    return f"{PREFIX}delivery:{wid}"
+
+
+def backoff_s(attempts: int) -> float:
+    """Exponential (2, 4, 8 ... capped at 300 s) with jitter, after ``attempts`` failed attempts."""
+    return float(min(2**attempts, BACKOFF_CAP_S)) * random.uniform(0.5, 1.0)
+
+
+def sign_headers(wid: str, body: str, secret: str | None, now: datetime | None = None) -> dict[str, str]:
+    """The Standard Webhooks headers for one attempt (unsigned when no secret is configured)."""
+    when = now or datetime.now(UTC)
+    headers = {
+        "webhook-id": wid,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "content-type": "application/json",
+        "user-agent": f"seedance-worker/{__version__}",
+    }
+    if secret:
+        headers["webhook-signature"] = Webhook(secret).sign(wid, when, body)
+    return headers
+
+
+def _secret(settings: Settings) -> str | None:
+    global _warned_unsigned
+    if settings.notify_secret is not None and settings.notify_secret.get_secret_value():
+        return settings.notify_secret.get_secret_value()
+    if not _warned_unsigned:
+        _warned_unsigned = True
+        log.warning("notify: SEEDANCE_NOTIFY_SECRET is not set; notifications are sent unsigned")
+    return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def post(url: str, wid: str, body: str, settings: Settings) -> tuple[int | None, str | None]:
+    """One POST; returns (status code, error) where error is None for a 2xx."""
+    headers = sign_headers(wid, body, _secret(settings))
+    try:
+        resp = requests.post(
+            url,
+            data=body.encode("utf-8"),
+            headers=headers,
+            timeout=(settings.http_connect_timeout_s, settings.notify_timeout_s),
+            allow_redirects=False,  # a redirect is not a delivery: retried like any non-2xx
+        )
+    except requests.RequestException as exc:
+        return None, f"{type(exc).__name__} posting to {redact(url)}"
+    with resp:
+        if 200 <= resp.status_code < 300:
+            return resp.status_code, None
+        return resp.status_code, f"HTTP {resp.status_code} from {redact(url)}"
+
+
+def _check_url(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"SEEDANCE_NOTIFY_URL must be an http(s) URL, got scheme {parts.scheme!r}"
+    return None
+
+
+@shared_task(bind=True, name="seedance.notify", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Outcome in, Outcome out with ``notification`` filled (delivered, or why not)."""
+    out = Outcome.model_validate(outcome)
+    settings = get_settings()
+    wid = webhook_id(out.task_id, str(out.status))
+    url = settings.notify_url
+    if not url:
+        out.notification = Notification(webhook_id=wid, attempts=0, delivered=False, error=NO_URL_ERROR)
+        log.info("notify task=%s status=%s not sent: %s", out.task_id, out.status, NO_URL_ERROR)
+        return out.wire()
+    bad = _check_url(url)
+    if bad:
+        out.notification = Notification(webhook_id=wid, attempts=0, delivered=False, error=bad)
+        log.error("notify task=%s not sent: %s", out.task_id, bad)
+        return out.wire()
+
+    r = get_store(settings).r
+    key = delivery_key(wid)
+    ttl = int(max(settings.job_ttl_s, settings.notify_retry_for_s * 2))
+    claim = r.register_script(_CLAIM)
+    verdict, count = claim(
+        keys=[key], args=[time.time(), settings.notify_max_attempts, settings.notify_retry_for_s, ttl]
+    )
+    attempts = int(count)
+    if verdict != "send":
+        rec = {str(k): str(v) for k, v in r.hgetall(key).items()}
+        if verdict == "delivered":
+            out.notification = Notification(
+                webhook_id=wid, status_code=_int(rec.get("status_code")), attempts=attempts, delivered=True
+            )
+            log.info("notify task=%s id=%s already delivered; not sent again", out.task_id, wid)
+        else:
+            reason = rec.get("final_error") or rec.get("last_error") or "delivery attempts exhausted"
+            out.notification = Notification(
+                webhook_id=wid,
+                status_code=_int(rec.get("last_status_code")),
+                attempts=attempts,
+                delivered=False,
+                error=reason,
+            )
+            log.warning("notify task=%s id=%s budget already spent: %s", out.task_id, wid, reason)
+        return out.wire()
+
+    body = json.dumps(out.model_dump(mode="json"), separators=(",", ":"))
+    code, error = post(url, wid, body, settings)
+    now = time.time()
+    if error is None:
+        r.hset(key, mapping={"delivered": 1, "status_code": code or 0, "delivered_at": now})
+        out.notification = Notification(webhook_id=wid, status_code=code, attempts=attempts, delivered=True)
+        log.info(
+            "notify task=%s id=%s delivered to %s status=%s attempt=%d",
+            out.task_id,
+            wid,
+            redact(url),
+            code,
+            attempts,
+        )
+        return out.wire()
+
+    r.hset(key, mapping={"last_status_code": "" if code is None else code, "last_error": error})
+    first_at = float(r.hget(key, "first_at") or now)
+    countdown = backoff_s(attempts)
+    if attempts < settings.notify_max_attempts and now + countdown - first_at <= settings.notify_retry_for_s:
+        log.warning(
+            "notify task=%s id=%s attempt=%d failed: %s; retry in %.1fs",
+            out.task_id,
+            wid,
+            attempts,
+            error,
+            countdown,
+        )
+        raise self.retry(countdown=countdown, max_retries=None)
+    r.hset(key, mapping={"final_error": error})
+    out.notification = Notification(
+        webhook_id=wid, status_code=code, attempts=attempts, delivered=False, error=error
+    )
+    log.error("notify task=%s id=%s gave up after %d attempts: %s", out.task_id, wid, attempts, error)
+    return out.wire()

@@ -1,0 +1,324 @@
+"""``seedance-worker demo``: the whole job on the embedded default, nothing installed beforehand.
+
+Starts an embedded Redis, the local API simulator, a webhook receiver that verifies every signature,
+and a real prefork Celery worker; submits a few generation requests; shows their progress live; and
+ends with the Outcomes and where the videos, the ledger and the notifications are. Exits 0 only when
+every check holds: each succeeded job has its file with the recorded sha256, one ledger entry, and a
+verified notification; each failed job a verified notification.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .embedded import EmbeddedRedis
+
+PROMPTS = [
+    "A red fox trotting through fresh snow at dawn, cinematic",
+    "Paper boats racing down a rain gutter, macro lens",
+    "A lighthouse in a storm, waves crashing, slow motion",
+    "A hummingbird hovering over a purple flower, 4k nature documentary",
+    "Neon city street at night, reflections in puddles, tracking shot",
+    "A cat knocking a glass off a table [fail]",  # the simulator's moderation failure
+]
+MODEL = "seedance-1-5-pro-251215"
+
+
+class _Receiver:
+    """A webhook receiver that verifies the Standard Webhooks signature of every delivery."""
+
+    def __init__(self, secret: str, out: Path) -> None:
+        from standardwebhooks.webhooks import Webhook
+
+        self.webhook = Webhook(secret)
+        self.out = out
+        self.received: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    receiver.webhook.verify(body, headers)
+                    verified = True
+                except Exception:
+                    verified = False
+                payload = json.loads(body) if body else {}
+                entry = {
+                    "webhook_id": headers.get("webhook-id"),
+                    "verified": verified,
+                    "task_id": payload.get("task_id"),
+                    "status": payload.get("status"),
+                    "received_at": time.time(),
+                }
+                with receiver.lock:
+                    receiver.received.append(entry)
+                    with receiver.out.open("a") as f:
+                        f.write(json.dumps({**entry, "outcome": payload}) + "\n")
+                self.send_response(200 if verified else 401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/seedance"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _progress_table(records: list[Any], started: float) -> Table:
+    table = Table(title=f"seedance-worker demo: {time.time() - started:5.1f} s")
+    for col in ("remote task", "remote status", "polls", "stage"):
+        table.add_column(col)
+    for r in records:
+        stage = {"polling": "polling", "handoff": "download / charge / notify", "done": "done"}.get(
+            r.state, r.state
+        )
+        table.add_row(r.task_id, str(r.status or "-"), str(r.polls), stage)
+    return table
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 120.0) -> int:
+    console = Console()
+    root = Path(workdir).resolve()
+    videos = root / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    notifications = root / "notifications.jsonl"
+    notifications.unlink(missing_ok=True)
+    prices = root / "prices.json"
+    prices.write_text(json.dumps({"*": {"default": "5.00", "flex": "2.50"}}, indent=2))
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+    from .simulator import SimConfig, Simulator
+
+    (root / "redis").mkdir(exist_ok=True)
+    redis_server = EmbeddedRedis(workdir=str(root / "redis")).start()
+    sim = Simulator(config=SimConfig(queued_s=1.0, running_s=2.5)).start()
+    receiver = _Receiver(secret, notifications)
+    env = {
+        "SEEDANCE_REDIS_URL": redis_server.url,
+        "SEEDANCE_API_BASE_URL": sim.base_url,
+        "SEEDANCE_API_KEY": "demo-key-" + secrets.token_hex(8),
+        "SEEDANCE_DOWNLOAD_DIR": str(videos),
+        "SEEDANCE_DOWNLOAD_ALLOWED_HOSTS": "127.0.0.1",
+        "SEEDANCE_NOTIFY_URL": receiver.url,
+        "SEEDANCE_NOTIFY_SECRET": secret,
+        "SEEDANCE_PRICE_TABLE": str(prices),
+        "SEEDANCE_POLL_FIRST_DELAY_S": "0.5",
+        "SEEDANCE_POLL_MIN_INTERVAL_S": "0.5",
+        "SEEDANCE_POLL_MAX_INTERVAL_S": "3",
+        "SEEDANCE_POLL_QUEUED_INTERVAL_S": "1",
+        "SEEDANCE_POLL_RUNNING_INTERVAL_S": "0.7",
+    }
+    for name in [n for n in os.environ if n.upper().startswith("SEEDANCE_")]:
+        del os.environ[name]
+    os.environ.update(env)
+    _reset()
+
+    worker_log = root / "worker.log"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "seedance_worker", "worker", "-P", "prefork", "-c", "2",
+         "-Q", "seedance.poll,seedance.post", "--without-gossip", "--without-mingle", "--without-heartbeat",
+         "-l", "INFO", "--logfile", str(worker_log), "-n", "demo@%h"],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        return _drive(console, jobs, timeout_s, worker, worker_log, root, videos, notifications, receiver)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+        receiver.stop()
+        sim.stop()
+        import gc
+
+        gc.collect()
+        redis_server.stop()
+
+
+def _reset() -> None:
+    from .client import reset_clients
+    from .settings import reset_settings_cache
+    from .store import reset_stores
+
+    reset_settings_cache()
+    reset_clients()
+    reset_stores()
+
+
+def _wait_ready(worker: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"the worker exited at start:\n{tail}")
+        if log.exists() and " ready." in log.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the worker did not start within {timeout_s:g} s (see {log})")
+
+
+def _drive(
+    console: Console,
+    jobs: int,
+    timeout_s: float,
+    worker: subprocess.Popen[bytes],
+    worker_log: Path,
+    root: Path,
+    videos: Path,
+    notifications: Path,
+    receiver: _Receiver,
+) -> int:
+    from .charge import list_ledger
+    from .errors import GenerationFailed
+    from .settings import get_settings
+    from .store import get_store
+    from .submit import submit
+
+    console.print(
+        f"[bold]seedance-worker demo[/]: embedded Redis, simulator, webhook receiver, worker -> {root}"
+    )
+    _wait_ready(worker, worker_log, 60)
+    jobs = max(1, jobs)
+    prompts = (
+        [PROMPTS[i % (len(PROMPTS) - 1)] for i in range(jobs - 1)] + [PROMPTS[-1]]
+        if jobs > 1
+        else PROMPTS[:1]
+    )
+    started = time.time()
+    handles = []
+    for n, prompt in enumerate(prompts):
+        remote_id, result = submit(
+            MODEL,
+            [{"type": "text", "text": prompt}],
+            idempotency_key=f"demo-{started:.0f}-{n}",
+            metadata={"demo_user": f"user-{n + 1}"},
+            resolution="720p",
+            duration=5,
+        )
+        handles.append((remote_id, result))
+    ids = [h[0] for h in handles]
+    store = get_store()
+    with Live(console=console, refresh_per_second=8) as live:
+        while True:
+            records = [r for r in (store.get(i) for i in ids) if r is not None]
+            live.update(_progress_table(records, started))
+            if len(records) == len(ids) and all(r.state == "done" for r in records):
+                break
+            if time.time() - started > timeout_s:
+                console.print(f"[red]timed out after {timeout_s:g} s[/] (see {worker_log})")
+                return 1
+            time.sleep(0.15)
+    # The notify task answers before the receiver's log line lands: give it a moment.
+    deadline = time.time() + 5
+    while time.time() < deadline and len(receiver.received) < len(ids):
+        time.sleep(0.05)
+
+    # What a caller of submit() sees: the poll's Celery result (Outcome, or GenerationFailed).
+    polled: dict[str, str] = {}
+    for remote_id, result in handles:
+        try:
+            polled[remote_id] = result.get(timeout=10)["status"]
+        except GenerationFailed as exc:
+            polled[remote_id] = exc.outcome.status
+    finals = {r.task_id: (r.outcome or {}) for r in (store.get(i) for i in ids) if r is not None}
+    entries, totals = list_ledger(get_settings())
+    (root / "ledger.json").write_text(json.dumps({"entries": entries, "totals": totals}, indent=2))
+    problems = _verify(ids, finals, entries, receiver.received)
+    problems += [f"{t}: poll result {polled.get(t)} != record {finals.get(t, {}).get('status')}"
+                 for t in ids if polled.get(t) != finals.get(t, {}).get("status")]  # fmt: skip
+
+    table = Table(title="Outcomes")
+    for col in ("remote task", "status", "polls", "video", "sha256", "tokens", "amount", "webhook"):
+        table.add_column(col)
+    for tid in ids:
+        o = finals.get(tid, {})
+        video = o.get("video") or {}
+        charge = o.get("charge") or {}
+        note = o.get("notification") or {}
+        got = [x for x in receiver.received if x["task_id"] == tid]
+        verified = "verified" if got and all(x["verified"] for x in got) else "MISSING"
+        table.add_row(
+            tid,
+            str(o.get("status")),
+            str(o.get("polls")),
+            Path(video["uri"].removeprefix("file://")).name if video.get("uri") else "-",
+            (video.get("sha256") or "-")[:16],
+            str(charge.get("completion_tokens") or "-"),
+            f"{charge['amount']} {charge['currency']}" if charge.get("amount") else "-",
+            f"{note.get('status_code')} x{note.get('attempts')} {verified}",
+        )
+    console.print(table)
+    console.print(f"videos:        {videos}")
+    console.print(f"ledger:        {root / 'ledger.json'}  ({len(entries)} entries, totals {totals})")
+    console.print(f"notifications: {notifications}  ({len(receiver.received)} received, signatures checked)")
+    console.print(f"worker log:    {worker_log}")
+    if problems:
+        for p in problems:
+            console.print(f"[red]check failed:[/] {p}")
+        return 1
+    console.print(f"[green]all checks passed[/] in {time.time() - started:.1f} s")
+    return 0
+
+
+def _verify(
+    ids: list[str],
+    finals: dict[str, dict[str, Any]],
+    entries: list[dict[str, Any]],
+    received: list[dict[str, Any]],
+) -> list[str]:
+    problems: list[str] = []
+    succeeded = [t for t in ids if finals.get(t, {}).get("status") == "succeeded"]
+    for tid in succeeded:
+        video = finals[tid].get("video") or {}
+        path = Path(str(video.get("uri", "")).removeprefix("file://"))
+        if not video or not path.is_file():
+            problems.append(f"{tid}: no video file")
+        elif _sha256(path) != video.get("sha256"):
+            problems.append(f"{tid}: {path} does not match its sha256")
+    charged = [str(e.get("task_id")) for e in entries]
+    if sorted(charged) != sorted(succeeded):
+        problems.append(f"ledger has {len(charged)} entries for {len(succeeded)} succeeded jobs")
+    for tid in ids:
+        got = [x for x in received if x["task_id"] == tid]
+        if len(got) != 1 or not got[0]["verified"]:
+            problems.append(f"{tid}: {len(got)} notifications, verified={[x['verified'] for x in got]}")
+    return problems

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import errors
+from . import errors, metrics
 from .models import CreateRequest, TaskList, TaskSnapshot
 from .settings import Settings, get_settings
 from .version import __version__
@@ -178,12 +178,15 @@ class ArkClient:
         try:
             resp = self.session.request(method, url, params=params, json=json_body, timeout=self.timeout)
         except requests.exceptions.ConnectTimeout:
+            metrics.http_response("connection")
             raise errors.ConnectionFailed(f"{method} {path}: connect timeout", None, "connect") from None
         except requests.exceptions.Timeout:
+            metrics.http_response("timeout")
             raise errors.RequestTimeout(
                 f"{method} {path}: read timeout after {self.timeout[1]:g} s"
             ) from None
         except requests.exceptions.ConnectionError as exc:
+            metrics.http_response("connection")
             kind = "connect" if _never_sent(exc) else "dropped"
             raise errors.ConnectionFailed(
                 f"{method} {path}: connection failed ({_short(exc)})", None, kind
@@ -191,6 +194,7 @@ class ArkClient:
         except requests.exceptions.RequestException as exc:
             raise errors.ConnectionFailed(f"{method} {path}: {type(exc).__name__}", None, None) from None
         request_id = resp.headers.get("X-Request-Id")
+        metrics.http_response(str(resp.status_code))
         if resp.status_code >= 400:
             raise _status_error(resp, method, path, request_id, task_id)
         if not resp.content:

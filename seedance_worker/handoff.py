@@ -15,6 +15,7 @@ from typing import Any
 from celery import chain, current_app, shared_task, signature
 from celery.canvas import Signature
 
+from .outage import survive_redis_outage
 from .settings import Settings, get_settings
 from .store import JobRecord, get_store
 
@@ -44,7 +45,10 @@ def build_chain(record: JobRecord, outcome: dict[str, Any]) -> Signature:
     steps = _signatures(specs)
     steps.append(complete.s(record.task_id))
     first = steps[0]
-    steps[0] = first.clone(args=(outcome, *first.args)) if not first.immutable else first
+    first = first.clone(args=(outcome, *first.args)) if not first.immutable else first
+    # Read by the metrics (terminal poll -> downstream start); only the first step carries it.
+    headers = {**(first.options.get("headers") or {}), "seedance_terminal_at": outcome.get("terminal_at")}
+    steps[0] = first.set(headers=headers)
     return chain(*steps) if len(steps) > 1 else steps[0]
 
 
@@ -69,6 +73,7 @@ def extend_lease(task_id: str, settings: Settings | None = None) -> None:
 
 
 @shared_task(name="seedance.complete", acks_late=True, reject_on_worker_lost=True)
+@survive_redis_outage
 def complete(outcome: Any, task_id: str) -> Any:
     """Last link of every hand-off chain: keep the final Outcome, end the lease, set the record TTL."""
     settings = get_settings()

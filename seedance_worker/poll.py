@@ -20,14 +20,18 @@ from celery import Task, shared_task
 from celery.exceptions import Ignore
 from pydantic import BaseModel, ConfigDict
 
-from . import errors
+from . import errors, metrics
 from .client import get_client, validate_task_id
 from .models import Outcome, TaskSnapshot
+from .outage import survive_redis_outage
+from .ratelimit import RateLimiter
 from .schedule import Schedule, Uniform
 from .settings import Settings, get_settings
 from .store import JobRecord, JobStore, get_store
 
 log = logging.getLogger(__name__)
+
+INLINE_WAIT_S = 0.05  # a limiter wait this short is slept inline instead of a reschedule
 
 
 class PollOptions(BaseModel):
@@ -36,6 +40,8 @@ class PollOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gen: int | None = None
+    due: float | None = None  # when this message was scheduled to run (for lateness)
+    slot: bool = False  # this run holds a rate-limiter reservation: go straight to the GET
     follow: bool = False
     metadata: dict[str, Any] | None = None
     on_succeeded: list[Any] | None = None
@@ -155,7 +161,7 @@ def publish_poll(
     follow: bool = False,
 ) -> None:
     """Publish a fresh poll message for a job (track(), the sweeper). No caller chain to keep."""
-    options: dict[str, Any] = {"gen": gen}
+    options: dict[str, Any] = {"gen": gen, "due": time.time() + max(0.0, countdown_s)}
     if follow:
         options = {"follow": True}
     poll.apply_async(
@@ -189,6 +195,7 @@ def _again(task: Task, task_id: str, options: dict[str, Any], countdown_s: float
     max_retries=None,
     throws=(errors.GenerationFailed,),
 )
+@survive_redis_outage
 def poll(self: Task, task_id: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Poll one remote task once; return its Outcome when it has ended."""
     validate_task_id(task_id)
@@ -209,6 +216,8 @@ class _Poller:
 
     def run(self) -> dict[str, Any]:
         now = time.time()
+        if self.opts.due is not None:
+            metrics.poll_lateness(now - self.opts.due)
         if self.opts.follow:
             return self.follow(now)
         gen = self.opts.gen
@@ -263,20 +272,37 @@ class _Poller:
         wait = wait_for_not_before(record, now=now, schedule=self.schedule)
         if wait is not None:
             return self.reschedule(record, gen, wait, now)
+        if not self.opts.slot:
+            permit = self.limiter().acquire()
+            if permit.wait_s > INLINE_WAIT_S:
+                # Scheduled for its slot: the next run holds the reservation and does not ask again.
+                hop = Reschedule(min(permit.wait_s, self.schedule.countdown_cap_s), {}, called_api=False)
+                metrics.ratelimit_wait(permit.wait_s, permit.kind)
+                held = permit.kind == "slot" and permit.wait_s <= self.schedule.countdown_cap_s
+                return self.reschedule(record, gen, hop, now, slot=held)
+            if permit.wait_s > 0:
+                time.sleep(permit.wait_s)
 
         result: TaskSnapshot | errors.SeedanceError
         try:
             result = get_client(self.settings).get_task(self.task_id)
         except errors.SeedanceError as exc:
             result = exc
+            if isinstance(exc, errors.RateLimited):
+                # Everyone on this API key waits, not only this job.
+                self.limiter().cool_down(exc.retry_after_s or self.schedule.min_interval_s)
             level = logging.INFO if isinstance(exc, errors.RateLimited) else logging.WARNING
             log.log(level, "poll %s try=%d error: %s", self.task_id, record.polls + 1, exc)
         now = time.time()
+        metrics.poll(result.status_text if isinstance(result, TaskSnapshot) else type(result).__name__)
         decision = decide(record, result, now=now, schedule=self.schedule)
         snap = result if isinstance(result, TaskSnapshot) else None
         if isinstance(decision, Finish):
             return self.finish(record, gen, decision, snap, now)
         return self.reschedule(record, gen, decision, now, snap)
+
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.store.r, self.settings)
 
     def reschedule(
         self,
@@ -285,6 +311,8 @@ class _Poller:
         decision: Reschedule,
         now: float,
         snap: TaskSnapshot | None = None,
+        *,
+        slot: bool = False,
     ) -> NoReturn:
         fields = dict(decision.fields)
         polls = record.polls + (1 if decision.called_api else 0)
@@ -308,7 +336,10 @@ class _Poller:
             decision.countdown_s,
             gen + 1,
         )
-        _again(self.task, self.task_id, {"gen": gen + 1}, decision.countdown_s)
+        options: dict[str, Any] = {"gen": gen + 1, "due": now + decision.countdown_s}
+        if slot:
+            options["slot"] = True
+        _again(self.task, self.task_id, options, decision.countdown_s)
 
     def finish(
         self,
@@ -348,6 +379,7 @@ class _Poller:
             log.info("poll %s gen=%d lost the terminal race to another copy; dropped", self.task_id, gen)
             raise Ignore()
         log.info("poll %s try=%d status=%s terminal: hand-off", self.task_id, polls, decision.status)
+        metrics.outcome(decision.status)
         record = self.store.get(self.task_id) or record
         fire_handoff(record, outcome, self.settings)
         return deliver(outcome)

@@ -129,3 +129,23 @@ def track_many(
     for tid in task_ids:
         validate_task_id(tid)
     return [track(tid, metadata=metadata, settings=settings, **kw) for tid in task_ids]
+
+
+def poll_now(task_id: str, settings: Settings | None = None) -> bool:
+    """Poll a tracked job right away (a callback said it changed); False when it is not polling.
+
+    The extra message carries the job's current generation and the chain's own task id: whichever
+    of it and the scheduled poll runs first advances the generation, and the other is dropped as
+    stale, so this never forks the chain. A 429 ``not_before`` still holds.
+    """
+    from .celeryapp import ensure_app
+    from .poll import publish_poll
+
+    ensure_app()
+    settings = settings or get_settings()
+    validate_task_id(task_id)
+    record = get_store(settings).get(task_id)
+    if record is None or record.state != "polling" or not record.owner:
+        return False
+    publish_poll(task_id, gen=record.gen, countdown_s=0, celery_id=record.owner, settings=settings)
+    return True

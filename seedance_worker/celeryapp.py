@@ -146,6 +146,22 @@ def _refuse_bad_start(sender: Any = None, **_: Any) -> None:
         raise SystemExit(2)
 
 
+@signals.worker_ready.connect
+def _start_dispatcher(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if app is not None and id(app) in _INSTALLED:
+        from .dispatch import start_dispatcher
+
+        start_dispatcher()
+
+
+@signals.worker_shutdown.connect
+def _stop_dispatcher(**_: Any) -> None:
+    from .dispatch import stop_dispatcher
+
+    stop_dispatcher()
+
+
 @signals.worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     # Pools inherited over fork share sockets with the parent; each child opens its own.

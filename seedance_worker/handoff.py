@@ -45,7 +45,7 @@ def build_chain(record: JobRecord, outcome: dict[str, Any]) -> Signature:
     steps = _signatures(specs)
     steps.append(complete.s(record.task_id))
     first = steps[0]
-    first = first.clone(args=(outcome, *first.args)) if not first.immutable else first
+    first = first.clone(args=(outcome,)) if not first.immutable else first  # prepended to its args
     # Read by the metrics (terminal poll -> downstream start); only the first step carries it.
     headers = {**(first.options.get("headers") or {}), "seedance_terminal_at": outcome.get("terminal_at")}
     steps[0] = first.set(headers=headers)

@@ -10,13 +10,14 @@ calling the API (see store.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from celery import Task, shared_task
+from celery import Task, shared_task, signature
 from celery.exceptions import Ignore
 from pydantic import BaseModel, ConfigDict
 
@@ -159,18 +160,43 @@ def publish_poll(
     celery_id: str,
     settings: Settings,
     follow: bool = False,
+    canvas: dict[str, Any] | None = None,
 ) -> None:
-    """Publish a fresh poll message for a job (track(), the sweeper). No caller chain to keep."""
+    """Publish a fresh poll message for a job (track(), the sweeper, the dispatcher).
+
+    ``canvas`` is the caller's own poll signature (kept in the job record when the poll started in
+    a user's chain or group), so a re-published poll still continues the caller's canvas.
+    """
     options: dict[str, Any] = {"gen": gen, "due": time.time() + max(0.0, countdown_s)}
     if follow:
         options = {"follow": True}
+    countdown = countdown_s if countdown_s > 0 else None
+    if canvas:
+        sig = signature(canvas, app=poll.app)
+        sig.apply_async(
+            (task_id,), {"options": options}, task_id=celery_id, countdown=countdown, expires=None
+        )
+        return
     poll.apply_async(
         (task_id,),
         {"options": options},
         task_id=celery_id,
-        countdown=countdown_s if countdown_s > 0 else None,
+        countdown=countdown,
         queue=settings.poll_queue,
     )
+
+
+def _canvas_of(task: Task) -> dict[str, Any] | None:
+    """The poll's own signature when the caller attached a chain, links, errbacks or a group."""
+    req = task.request
+    if not (req.chain or req.callbacks or req.errbacks or req.chord or req.group):
+        return None
+    sig = task.signature_from_request(req, (), {}, expires=None)
+    data: dict[str, Any] = json.loads(json.dumps(dict(sig), default=str))
+    data["args"], data["kwargs"] = [], {}
+    for key in ("task_id", "countdown", "eta", "expires", "retries"):
+        data.get("options", {}).pop(key, None)
+    return data
 
 
 def _again(task: Task, task_id: str, options: dict[str, Any], countdown_s: float) -> NoReturn:
@@ -231,6 +257,10 @@ class _Poller:
                 on_succeeded=self.opts.on_succeeded,
                 on_failed=self.opts.on_failed,
             )
+            canvas = _canvas_of(self.task)
+            if canvas is not None:
+                # Kept so a parked or re-driven poll is published with the caller's chain and links.
+                fields["canvas"] = canvas
             reg = self.store.register(
                 self.task_id,
                 self.celery_id,
@@ -241,17 +271,14 @@ class _Poller:
             if reg.owner != self.celery_id:
                 return self.follow(now)
             gen = 1
-        verdict, crashes = self.store.begin(
+        verdict, crashes, record = self.store.begin(
             self.task_id,
             gen,
             lease_at=_lease_after(self.settings, 0, now),
             max_crashes=self.settings.poll_max_crashes,
         )
-        if verdict == "stale" or verdict == "missing":
+        if verdict == "stale" or verdict == "missing" or record is None:
             log.info("poll %s gen=%s %s copy dropped", self.task_id, gen, verdict)
-            raise Ignore()
-        record = self.store.get(self.task_id)
-        if record is None:
             raise Ignore()
         if verdict == "terminal":
             # A redelivered terminal poll: the hand-off already happened; give the caller's chain
@@ -323,8 +350,16 @@ class _Poller:
         )
         if snap is not None:
             fields["snapshot"] = snap.model_dump(mode="json", exclude_none=True)
+        # A long wait is parked in Redis (dispatch.py publishes it when due) instead of a countdown
+        # message that a worker would hold in memory, unacked, for the whole wait.
+        park = 0 < self.settings.poll_park_after_s < decision.countdown_s and not slot
+        park_at = now + decision.countdown_s if park else 0.0
         if not self.store.advance(
-            self.task_id, gen, lease_at=_lease_after(self.settings, decision.countdown_s, now), fields=fields
+            self.task_id,
+            gen,
+            lease_at=_lease_after(self.settings, decision.countdown_s, now),
+            fields=fields,
+            park_at=park_at,
         ):
             log.info("poll %s gen=%d lost the race to another copy; dropped", self.task_id, gen)
             raise Ignore()
@@ -336,6 +371,8 @@ class _Poller:
             decision.countdown_s,
             gen + 1,
         )
+        if park:
+            raise Ignore()
         options: dict[str, Any] = {"gen": gen + 1, "due": now + decision.countdown_s}
         if slot:
             options["slot"] = True

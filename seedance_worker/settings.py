@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     poll_countdown_cap_s: float = Field(300.0, gt=0)
     poll_max_crashes: int = Field(5, ge=1)
     poll_lease_grace_s: float = Field(30.0, gt=0)
+    poll_park_after_s: float = Field(20.0, ge=0)
+    dispatch_interval_s: float = Field(0.5, gt=0, le=10)
 
     # --- fleet-wide rate limit ------------------------------------------------------------------
     rate_limit_rps: float = Field(0.0, ge=0)

@@ -5,6 +5,8 @@ Keys (all under ``seedance:``):
 - ``seedance:job:{task_id}``  hash, the job record (fields below)
 - ``seedance:jobs``           zset task_id -> tracked_at, for listing
 - ``seedance:due``            zset task_id -> lease deadline; the sweeper re-drives what is overdue
+- ``seedance:parked``         zset task_id -> due time of a long wait parked here instead of a
+                              countdown message (dispatch.py publishes it when it comes due)
 - ``seedance:idem:{key}``     hash, submit idempotency records
 
 Every state change is one Lua script, so two copies of a poll message (a redelivery, a restore after
@@ -28,6 +30,7 @@ from .settings import Settings, get_settings
 PREFIX = "seedance:"
 JOBS = PREFIX + "jobs"
 DUE = PREFIX + "due"
+PARKED = PREFIX + "parked"
 
 
 def job_key(task_id: str) -> str:
@@ -56,27 +59,33 @@ return {1, ARGV[1], 'polling'}
 # -> {verdict, ...}: ok | stale | missing | terminal (message is the terminal gen) | crashloop
 _BEGIN = """
 local rec = redis.call('HMGET', KEYS[1], 'gen', 'state', 'terminal_gen', 'crashes')
-if not rec[1] then return {'missing'} end
+if not rec[1] then return {'missing', '0'} end
 local gen = tonumber(rec[1])
 local msg = tonumber(ARGV[1])
 if rec[2] ~= 'polling' then
-  if rec[3] and tonumber(rec[3]) == msg then return {'terminal'} end
-  return {'stale'}
+  if rec[3] and tonumber(rec[3]) == msg then
+    return {'terminal', '0', unpack(redis.call('HGETALL', KEYS[1]))}
+  end
+  return {'stale', '0'}
 end
-if gen ~= msg then return {'stale'} end
+if gen ~= msg then return {'stale', '0'} end
 local crashes = redis.call('HINCRBY', KEYS[1], 'crashes', 1)
-if crashes > tonumber(ARGV[3]) then return {'crashloop', tostring(crashes - 1)} end
+if crashes > tonumber(ARGV[3]) then
+  return {'crashloop', tostring(crashes - 1), unpack(redis.call('HGETALL', KEYS[1]))}
+end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
-return {'ok'}
+return {'ok', '0', unpack(redis.call('HGETALL', KEYS[1]))}
 """
 
-# KEYS[1]=job KEYS[2]=due; ARGV: gen, lease_at, task_id, then field/value pairs
+# KEYS[1]=job KEYS[2]=due KEYS[3]=parked; ARGV: gen, lease_at, task_id, park_at (0: not parked),
+# then field/value pairs
 _ADVANCE = """
 local rec = redis.call('HMGET', KEYS[1], 'gen', 'state')
 if not rec[1] or rec[2] ~= 'polling' or tonumber(rec[1]) ~= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'gen', tonumber(ARGV[1]) + 1, 'crashes', 0)
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3]) end
 return 1
 """
 
@@ -112,7 +121,7 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 return 1
 """
 
-JSON_FIELDS = ("snapshot", "outcome", "metadata", "on_succeeded", "on_failed")
+JSON_FIELDS = ("snapshot", "outcome", "metadata", "on_succeeded", "on_failed", "canvas")
 FLOAT_FIELDS = ("tracked_at", "next_due_at", "terminal_at", "not_before", "updated_at", "handoff_at")
 INT_FIELDS = ("gen", "polls", "crashes", "error_streak", "status_polls", "terminal_gen", "handoff_fires")
 
@@ -144,6 +153,7 @@ class JobRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     on_succeeded: list[Any] | None = None
     on_failed: list[Any] | None = None
+    canvas: dict[str, Any] | None = None  # the caller's poll signature (chain, links) when not track()
 
     @classmethod
     def from_hash(cls, task_id: str, raw: dict[str, str]) -> JobRecord:
@@ -224,15 +234,22 @@ class JobStore:
         created, who, state = self._register(keys=[job_key(task_id), JOBS, DUE], args=args)
         return Registration(bool(int(created)), _s(who), _s(state))
 
-    def begin(self, task_id: str, gen: int, *, lease_at: float, max_crashes: int) -> tuple[str, int]:
+    def begin(
+        self, task_id: str, gen: int, *, lease_at: float, max_crashes: int
+    ) -> tuple[str, int, JobRecord | None]:
+        """Fence a poll run: verdict, crash count, and (when it may proceed) the record, in one trip."""
         res = self._begin(keys=[job_key(task_id), DUE], args=[gen, lease_at, max_crashes, task_id])
         verdict = _s(res[0])
-        extra = int(_s(res[1])) if len(res) > 1 else 0
-        return verdict, extra
+        crashes = int(_s(res[1]))
+        flat = [_s(x) for x in res[2:]]
+        record = JobRecord.from_hash(task_id, dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
+        return verdict, crashes, record
 
-    def advance(self, task_id: str, gen: int, *, lease_at: float, fields: dict[str, Any]) -> bool:
-        args = [gen, lease_at, task_id, *_flatten(fields)]
-        return bool(self._advance(keys=[job_key(task_id), DUE], args=args))
+    def advance(
+        self, task_id: str, gen: int, *, lease_at: float, fields: dict[str, Any], park_at: float = 0.0
+    ) -> bool:
+        args = [gen, lease_at, task_id, park_at, *_flatten(fields)]
+        return bool(self._advance(keys=[job_key(task_id), DUE, PARKED], args=args))
 
     def finish(self, task_id: str, gen: int, *, lease_at: float, fields: dict[str, Any]) -> bool:
         args = [gen, lease_at, task_id, *_flatten(fields)]

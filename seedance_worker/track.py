@@ -147,5 +147,6 @@ def poll_now(task_id: str, settings: Settings | None = None) -> bool:
     record = get_store(settings).get(task_id)
     if record is None or record.state != "polling" or not record.owner:
         return False
-    publish_poll(task_id, gen=record.gen, countdown_s=0, celery_id=record.owner, settings=settings)
+    owner, canvas = record.owner, record.canvas
+    publish_poll(task_id, gen=record.gen, countdown_s=0, celery_id=owner, settings=settings, canvas=canvas)
     return True

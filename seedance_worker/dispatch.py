@@ -1,0 +1,112 @@
+"""Publish parked polls when they come due.
+
+A poll whose next wait is longer than ``SEEDANCE_POLL_PARK_AFTER_S`` is not sent as a countdown
+message: on the Redis transport every countdown message is pulled at once by some worker and held
+in its memory, unacked, for the whole wait (6-12 KB of RSS each, stuck until the visibility timeout
+if that worker is SIGKILLed; celery-polling.md sections 1 and 6). It is parked in the
+``seedance:parked`` zset instead (score = due time). Every worker's main process runs a small
+dispatcher thread that claims the parked polls due within the next tick (one atomic Lua script, so
+each is published by exactly one worker) and publishes them with the remaining few hundred
+milliseconds as countdown, so they still start on time. A dispatcher that dies between claiming
+and publishing costs nothing: the job's lease runs out and the sweeper re-drives it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from .settings import Settings, get_settings
+from .store import PARKED, get_store, job_key
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+# KEYS[1]=parked; ARGV: horizon, limit, job key prefix -> flat: id, gen, owner, due, canvas
+_CLAIM_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for i = 1, #ids, 2 do
+  local id = ids[i]
+  redis.call('ZREM', KEYS[1], id)
+  local rec = redis.call('HMGET', ARGV[3] .. id, 'state', 'gen', 'owner', 'canvas')
+  if rec[1] == 'polling' then
+    table.insert(out, id); table.insert(out, rec[2]); table.insert(out, rec[3] or '')
+    table.insert(out, ids[i + 1]); table.insert(out, rec[4] or '')
+  end
+end
+return out
+"""
+
+
+def dispatch_due(settings: Settings | None = None, *, horizon_s: float | None = None) -> int:
+    """Publish every parked poll due within ``horizon_s``; return how many were published."""
+    import json
+
+    from .poll import publish_poll
+
+    settings = settings or get_settings()
+    store = get_store(settings)
+    horizon = settings.dispatch_interval_s if horizon_s is None else horizon_s
+    script = store.r.register_script(_CLAIM_DUE)
+    total = 0
+    while True:
+        now = time.time()
+        flat = script(keys=[PARKED], args=[now + horizon, BATCH, job_key("")])
+        for i in range(0, len(flat), 5):
+            task_id, gen, owner, due, canvas = flat[i : i + 5]
+            publish_poll(
+                task_id,
+                gen=int(gen),
+                countdown_s=max(0.0, float(due) - time.time()),
+                celery_id=owner,
+                settings=settings,
+                canvas=json.loads(canvas) if canvas else None,
+            )
+            total += 1
+        if len(flat) < BATCH * 5 // 2:  # fewer than a full batch came back: nothing more is due
+            return total
+
+
+class Dispatcher:
+    """The thread in a worker's main process that runs ``dispatch_due`` every tick."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="seedance-dispatch", daemon=True)
+
+    def start(self) -> Dispatcher:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        interval = self.settings.dispatch_interval_s
+        while not self.stop_event.wait(interval):
+            try:
+                dispatch_due(self.settings, horizon_s=interval * 2)
+            except Exception as exc:  # a Redis blip must not kill the thread; the next tick retries
+                log.warning("dispatch: %s: %s", type(exc).__name__, exc)
+
+
+_dispatcher: Dispatcher | None = None
+
+
+def start_dispatcher(**_: Any) -> None:
+    global _dispatcher
+    if _dispatcher is None and get_settings().poll_park_after_s > 0:
+        _dispatcher = Dispatcher().start()
+
+
+def stop_dispatcher(**_: Any) -> None:
+    global _dispatcher
+    if _dispatcher is not None:
+        _dispatcher.stop()
+        _dispatcher = None

@@ -20,7 +20,8 @@ EXIT_CONFIG = 2
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    # Piped output (logs, CI, `| grep`) gets wide tables instead of rich's 80-column default.
+    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _print_json(data: Any) -> None:
@@ -35,8 +36,9 @@ def _fmt_ts(ts: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .client import get_client
+    from .client import get_client, validate_task_id
 
+    validate_task_id(args.task_id)
     try:
         snap = get_client().get_task(args.task_id)
     except errors.TaskNotFound as exc:
@@ -124,10 +126,20 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             str(r.polls),
             _fmt_ts(r.next_due_at) if r.state == "polling" else "-",
             r.handoff or "-",
-            (r.last_error or "")[:60],
+            _short_error(r.last_error),
         )
     _console().print(table)
     return EXIT_OK
+
+
+def _short_error(text: str | None, width: int = 90) -> str:
+    """The error's class and the end of its message (where the cause is), for a table cell."""
+    if not text:
+        return ""
+    if len(text) <= width:
+        return text
+    head, _, rest = text.partition(": ")
+    return f"{head}: ...{rest[-(width - len(head) - 5):]}"
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:

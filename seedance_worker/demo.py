@@ -113,7 +113,7 @@ def _sha256(path: Path) -> str:
 
 
 def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 120.0) -> int:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     root = Path(workdir).resolve()
     videos = root / "videos"
     videos.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,11 @@ def _signatures(specs: list[Any]) -> list[Signature]:
     return sigs
 
 
-def build_chain(record: JobRecord, outcome: dict[str, Any]) -> Signature:
+def build_chain(record: JobRecord, outcome: dict[str, Any], settings: Settings) -> Signature:
     succeeded = outcome.get("status") == "succeeded"
-    specs = (record.on_succeeded if succeeded else record.on_failed) or []
+    specs = record.on_succeeded if succeeded else record.on_failed
+    if specs is None:  # not given at track(): the configured default
+        specs = list(settings.on_succeeded if succeeded else settings.on_failed)
     steps = _signatures(specs)
     steps.append(complete.s(record.task_id))
     first = steps[0]
@@ -55,7 +57,7 @@ def build_chain(record: JobRecord, outcome: dict[str, Any]) -> Signature:
 def fire_handoff(record: JobRecord, outcome: dict[str, Any], settings: Settings) -> None:
     """Publish the downstream chain and note it in the record (the lease stays until complete)."""
     now = time.time()
-    build_chain(record, outcome).apply_async()
+    build_chain(record, outcome, settings).apply_async()
     get_store(settings).touch(
         record.task_id,
         expected_state="handoff",

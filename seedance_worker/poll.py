@@ -76,12 +76,9 @@ def decide(
     """What to do after one GET (``result`` is the snapshot or the error it raised)."""
     rng = rng or random
     snap = result if isinstance(result, TaskSnapshot) else None
-    last = snap or (TaskSnapshot.model_validate(record.snapshot) if record.snapshot else None)
-    deadline = schedule.deadline(
-        last.created_at if last else None,
-        last.execution_expires_after if last else None,
-        record.tracked_at or now,
-    )
+    created_at = snap.created_at if snap is not None and snap.created_at is not None else record.created_at
+    expires = snap.execution_expires_after if snap is not None else None
+    deadline = schedule.deadline(created_at, expires or record.expires_after, record.tracked_at or now)
     if snap is not None and snap.is_terminal:
         error = snap.error.model_dump(mode="json", exclude_none=True) if snap.error else None
         return Finish(snap.status_text, error)
@@ -107,10 +104,14 @@ def decide(
         countdown = schedule.next_countdown(
             status=record.status, polls_in_status=record.status_polls, retry_after_s=retry_after, rng=rng
         )
-        return Reschedule(countdown, {"not_before": now + retry_after, "last_error": str(result)})
+        return Reschedule(countdown, {"not_before": now + retry_after, "last_error": _describe(result)})
     streak = record.error_streak + 1
     countdown = schedule.next_countdown(status=record.status, error_streak=streak, rng=rng)
-    return Reschedule(countdown, {"error_streak": streak, "last_error": str(result)})
+    return Reschedule(countdown, {"error_streak": streak, "last_error": _describe(result)})
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def wait_for_not_before(record: JobRecord, *, now: float, schedule: Schedule) -> Reschedule | None:
@@ -303,7 +304,11 @@ class _Poller:
             permit = self.limiter().acquire()
             if permit.wait_s > INLINE_WAIT_S:
                 # Scheduled for its slot: the next run holds the reservation and does not ask again.
-                hop = Reschedule(min(permit.wait_s, self.schedule.countdown_cap_s), {}, called_api=False)
+                wait_s = permit.wait_s
+                if permit.kind == "cooldown":
+                    # Spread the polls held by a 429 so they do not all hit the API at the same instant.
+                    wait_s += random.uniform(0.0, 0.1 * wait_s + 0.05)
+                hop = Reschedule(min(wait_s, self.schedule.countdown_cap_s), {}, called_api=False)
                 metrics.ratelimit_wait(permit.wait_s, permit.kind)
                 held = permit.kind == "slot" and permit.wait_s <= self.schedule.countdown_cap_s
                 return self.reschedule(record, gen, hop, now, slot=held)
@@ -348,8 +353,11 @@ class _Poller:
             next_due_at=now + decision.countdown_s,
             updated_at=now,
         )
-        if snap is not None:
-            fields["snapshot"] = snap.model_dump(mode="json", exclude_none=True)
+        if snap is not None and snap.created_at is not None and record.created_at is None:
+            # Only what the deadline needs: the full body is kept once, in the Outcome, at the end
+            # (a small record keeps Redis at a few hundred bytes per in-flight job).
+            fields["created_at"] = snap.created_at
+            fields["expires_after"] = snap.execution_expires_after
         # A long wait is parked in Redis (dispatch.py publishes it when due) instead of a countdown
         # message that a worker would hold in memory, unacked, for the whole wait.
         park = 0 < self.settings.poll_park_after_s < decision.countdown_s and not slot
@@ -388,7 +396,7 @@ class _Poller:
     ) -> dict[str, Any]:
         from .handoff import fire_handoff, handoff_lease_at
 
-        snapshot = snap.model_dump(mode="json", exclude_none=True) if snap is not None else record.snapshot
+        snapshot = snap.model_dump(mode="json", exclude_none=True) if snap is not None else None
         polls = record.polls + (1 if snap is not None or decision.status == "not_found" else 0)
         outcome = Outcome(
             task_id=self.task_id,
@@ -402,7 +410,6 @@ class _Poller:
         ).wire()
         fields = {
             "status": decision.status,
-            "snapshot": snapshot,
             "outcome": outcome,
             "polls": polls,
             "terminal_at": now,
@@ -417,7 +424,6 @@ class _Poller:
             raise Ignore()
         log.info("poll %s try=%d status=%s terminal: hand-off", self.task_id, polls, decision.status)
         metrics.outcome(decision.status)
-        record = self.store.get(self.task_id) or record
         fire_handoff(record, outcome, self.settings)
         return deliver(outcome)
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -112,7 +112,8 @@ class Settings(BaseSettings):
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
+            raise ValueError("must be an http(s) URL with a host")
+        _check_port(parts)
         return value.rstrip("/")
 
     @field_validator("redis_url")
@@ -120,7 +121,9 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
+            scheme = parts.scheme or "no"
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, not {scheme} scheme")
+        _check_port(parts)
         return value
 
     @field_validator("notify_secret")
@@ -197,15 +200,33 @@ def _check_unknown_env(environ: dict[str, str]) -> None:
             raise ConfigError(f"{name} is not a known setting{hint}")
 
 
+def _check_port(parts: SplitResult) -> None:
+    try:
+        parts.port  # noqa: B018  (parsing the port is the check)
+    except ValueError:
+        raise ValueError("has a port that is not a number") from None
+
+
+def _without_credentials(value: str) -> str:
+    """A URL with any user:password replaced, for messages."""
+    parts = urlsplit(value)
+    if parts.username is None and parts.password is None:
+        return value
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for item in err.errors():
         loc = item.get("loc") or ()
         name = ENV_PREFIX + str(loc[0]).upper() if loc else "settings"
-        msg = str(item.get("msg", "invalid"))
+        msg = str(item.get("msg", "invalid")).removeprefix("Value error, ")
         if item.get("type") == "extra_forbidden":
             msg = "is not a known setting"
         value = item.get("input")
+        if isinstance(value, str) and name.endswith("_URL"):
+            value = _without_credentials(value)
         shown = "" if name.endswith(("_KEY", "_SECRET", "_TOKEN")) or isinstance(value, dict) else value
         suffix = f" (got {shown!r})" if shown not in ("", None) else ""
         lines.append(f"{name}: {msg}{suffix}")

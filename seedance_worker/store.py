@@ -41,7 +41,8 @@ def idem_key(key: str) -> str:
     return f"{PREFIX}idem:{key}"
 
 
-# KEYS[1]=job KEYS[2]=jobs KEYS[3]=due; ARGV: owner, now, lease_at, then field/value pairs
+# KEYS[1]=job KEYS[2]=jobs KEYS[3]=due KEYS[4]=parked; ARGV: owner, now, lease_at, park_at (0: no),
+# then field/value pairs, the first pair being task_id
 _REGISTER = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner then
@@ -49,9 +50,10 @@ if owner then
 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'gen', 1, 'state', 'polling', 'polls', 0,
            'crashes', 0, 'error_streak', 0, 'status_polls', 0, 'tracked_at', ARGV[2])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5] or '')
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5] or '')
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6])
+if tonumber(ARGV[4]) > 0 then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[6]) end
 return {1, ARGV[1], 'polling'}
 """
 
@@ -121,9 +123,26 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 return 1
 """
 
-JSON_FIELDS = ("snapshot", "outcome", "metadata", "on_succeeded", "on_failed", "canvas")
-FLOAT_FIELDS = ("tracked_at", "next_due_at", "terminal_at", "not_before", "updated_at", "handoff_at")
-INT_FIELDS = ("gen", "polls", "crashes", "error_streak", "status_polls", "terminal_gen", "handoff_fires")
+JSON_FIELDS = ("outcome", "metadata", "on_succeeded", "on_failed", "canvas")
+FLOAT_FIELDS = (
+    "tracked_at",
+    "next_due_at",
+    "terminal_at",
+    "not_before",
+    "updated_at",
+    "handoff_at",
+    "created_at",
+)
+INT_FIELDS = (
+    "gen",
+    "polls",
+    "crashes",
+    "error_streak",
+    "status_polls",
+    "terminal_gen",
+    "handoff_fires",
+    "expires_after",
+)
 
 
 @dataclass
@@ -148,10 +167,11 @@ class JobRecord:
     handoff_fires: int = 0
     last_error: str | None = None
     end_reason: str | None = None
-    snapshot: dict[str, Any] | None = None
+    created_at: float | None = None  # of the remote task, for the deadline
+    expires_after: int | None = None  # its execution_expires_after
     outcome: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-    on_succeeded: list[Any] | None = None
+    on_succeeded: list[Any] | None = None  # None: SEEDANCE_ON_SUCCEEDED at hand-off time
     on_failed: list[Any] | None = None
     canvas: dict[str, Any] | None = None  # the caller's poll signature (chain, links) when not track()
 
@@ -227,12 +247,39 @@ class JobStore:
         return "JobStore()"
 
     def register(
-        self, task_id: str, owner: str, *, now: float, lease_at: float, fields: dict[str, Any]
+        self,
+        task_id: str,
+        owner: str,
+        *,
+        now: float,
+        lease_at: float,
+        fields: dict[str, Any],
+        park_at: float = 0.0,
     ) -> Registration:
-        # task_id goes first among the pairs: the script reads it at ARGV[5] for the index zsets.
-        args = [owner, now, lease_at, *_flatten({"task_id": task_id, **fields})]
-        created, who, state = self._register(keys=[job_key(task_id), JOBS, DUE], args=args)
+        args = [owner, now, lease_at, park_at, *_flatten({"task_id": task_id, **fields})]
+        created, who, state = self._register(keys=[job_key(task_id), JOBS, DUE, PARKED], args=args)
         return Registration(bool(int(created)), _s(who), _s(state))
+
+    def register_many(
+        self,
+        items: list[tuple[str, str]],
+        *,
+        now: float,
+        lease_at: float,
+        fields: dict[str, Any],
+        park_at: float = 0.0,
+    ) -> list[Registration]:
+        """``register`` for many (task_id, owner) pairs, pipelined in batches of 500."""
+        out: list[Registration] = []
+        flat_fields = _flatten(fields)
+        for start in range(0, len(items), 500):
+            pipe = self.r.pipeline(transaction=False)
+            for task_id, owner in items[start : start + 500]:
+                args = [owner, now, lease_at, park_at, "task_id", task_id, *flat_fields]
+                self._register(keys=[job_key(task_id), JOBS, DUE, PARKED], args=args, client=pipe)
+            for created, who, state in pipe.execute():
+                out.append(Registration(bool(int(created)), _s(who), _s(state)))
+        return out
 
     def begin(
         self, task_id: str, gen: int, *, lease_at: float, max_crashes: int

@@ -74,11 +74,16 @@ def registration_fields(
     on_succeeded: ChainSpec = None,
     on_failed: ChainSpec = None,
 ) -> dict[str, Any]:
-    return {
-        "metadata": validate_metadata(metadata, settings),
-        "on_succeeded": normalize_chain(on_succeeded, settings.on_succeeded, "on_succeeded"),
-        "on_failed": normalize_chain(on_failed, settings.on_failed, "on_failed"),
-    }
+    # Only what differs from the defaults is stored: a small record per in-flight job.
+    fields: dict[str, Any] = {}
+    meta = validate_metadata(metadata, settings)
+    if meta:
+        fields["metadata"] = meta
+    if on_succeeded is not None:
+        fields["on_succeeded"] = normalize_chain(on_succeeded, settings.on_succeeded, "on_succeeded")
+    if on_failed is not None:
+        fields["on_failed"] = normalize_chain(on_failed, settings.on_failed, "on_failed")
+    return fields
 
 
 def track(
@@ -116,10 +121,18 @@ def track_many(
     task_ids: Sequence[str],
     *,
     metadata: dict[str, Any] | None = None,
+    on_succeeded: ChainSpec = None,
+    on_failed: ChainSpec = None,
     settings: Settings | None = None,
-    **kw: Any,
 ) -> list[AsyncResult]:
-    """``track()`` for a batch, refusing more than SEEDANCE_TRACK_MAX_IDS ids at once."""
+    """``track()`` for a batch (at most SEEDANCE_TRACK_MAX_IDS ids), registered in pipelined batches.
+
+    With parking on, the first polls are parked for the workers' dispatcher instead of being
+    published one by one here, so 10,000 ids take seconds; the dispatcher publishes them on time.
+    """
+    from .celeryapp import ensure_app
+    from .poll import _lease_after, poll, publish_poll
+
     settings = settings or get_settings()
     if len(task_ids) > settings.track_max_ids:
         raise errors.InvalidRequest(
@@ -128,7 +141,25 @@ def track_many(
         )
     for tid in task_ids:
         validate_task_id(tid)
-    return [track(tid, metadata=metadata, settings=settings, **kw) for tid in task_ids]
+    ensure_app()
+    fields = registration_fields(settings, metadata=metadata, on_succeeded=on_succeeded, on_failed=on_failed)
+    countdown = Schedule.from_settings(settings).first_countdown()
+    now = time.time()
+    park = settings.poll_park_after_s > 0 and len(task_ids) > 1
+    items = [(tid, str(uuid.uuid4())) for tid in task_ids]
+    regs = get_store(settings).register_many(
+        items,
+        now=now,
+        lease_at=_lease_after(settings, countdown, now),
+        fields=fields,
+        park_at=now + countdown if park else 0.0,
+    )
+    results: list[AsyncResult] = []
+    for (tid, owner), reg in zip(items, regs, strict=True):
+        if reg.created and not park:
+            publish_poll(tid, gen=1, countdown_s=countdown, celery_id=owner, settings=settings)
+        results.append(poll.AsyncResult(reg.owner))
+    return results
 
 
 def poll_now(task_id: str, settings: Settings | None = None) -> bool:

@@ -21,11 +21,9 @@ from .store import JobRecord, get_store
 
 log = logging.getLogger(__name__)
 
-HANDOFF_LEASE_S = 900.0
-
-
 def handoff_lease_at(settings: Settings, now: float) -> float:
-    return now + max(HANDOFF_LEASE_S, settings.download_timeout_s * 3)
+    # Long steps extend it as they go (extend_lease); a chain silent for this long was lost.
+    return now + max(settings.handoff_lease_s, settings.download_timeout_s * 2)
 
 
 def _signatures(specs: list[Any]) -> list[Signature]:

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     poll_lease_grace_s: float = Field(30.0, gt=0)
     poll_park_after_s: float = Field(20.0, ge=0)
     dispatch_interval_s: float = Field(0.5, gt=0, le=10)
+    handoff_lease_s: float = Field(900.0, ge=5)
 
     # --- fleet-wide rate limit ------------------------------------------------------------------
     rate_limit_rps: float = Field(0.0, ge=0)

@@ -833,6 +833,15 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     sim: Simulator
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (a timeout, a closed 403) is normal here, not worth a traceback.
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"

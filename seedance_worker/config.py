@@ -52,7 +52,8 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         "seedance-sweep": {
             "task": "seedance.sweep",
             "schedule": settings.sweep_interval_s,
-            "options": {"queue": settings.poll_queue, "expires": settings.sweep_interval_s * 2},
+            # Expiring keeps sweeps from piling up while no worker runs; a busy worker still gets them.
+            "options": {"queue": settings.poll_queue, "expires": max(60.0, settings.sweep_interval_s * 6)},
         }
     }
 
@@ -74,7 +75,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": settings.result_expires_s,
         "result_extended": False,
         "task_track_started": False,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Not cancelled on a broker blip: a cancelled acks_late task's message is neither acked nor
+        # in the unacked index any more, so its chain would be lost (measured in tests/faults).
+        # Every step is fenced or idempotent, so letting it finish is safe.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "task_queues": (Queue(settings.poll_queue), Queue(settings.post_queue)),

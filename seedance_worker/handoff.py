@@ -64,12 +64,11 @@ def fire_handoff(record: JobRecord, outcome: dict[str, Any], settings: Settings)
     )
 
 
-def extend_lease(task_id: str, settings: Settings | None = None) -> None:
-    """Called by long downstream steps so the sweeper does not re-fire a chain that is working."""
+def extend_lease(task_id: str, settings: Settings | None = None, *, extra_s: float = 0.0) -> None:
+    """Called by downstream steps so the sweeper does not re-fire a chain that is working."""
     settings = settings or get_settings()
-    get_store(settings).touch(
-        task_id, expected_state="handoff", lease_at=handoff_lease_at(settings, time.time()), fields={}
-    )
+    lease_at = handoff_lease_at(settings, time.time()) + extra_s
+    get_store(settings).touch(task_id, expected_state="handoff", lease_at=lease_at, fields={})
 
 
 @shared_task(name="seedance.complete", acks_late=True, reject_on_worker_lost=True)

@@ -34,6 +34,7 @@ from celery import Task, shared_task
 from standardwebhooks.webhooks import Webhook
 
 from .download import redact
+from .handoff import extend_lease
 from .models import Notification, Outcome
 from .settings import Settings, get_settings
 from .store import PREFIX, get_store
@@ -44,13 +45,15 @@ log = logging.getLogger(__name__)
 NO_URL_ERROR = "no SEEDANCE_NOTIFY_URL configured"
 BACKOFF_CAP_S = 300
 
-# KEYS[1]=delivery hash; ARGV: now, max_attempts, retry_for_s, ttl_s -> {verdict, attempts}
-# verdict: delivered (a 2xx was recorded) | exhausted (budget spent) | send (attempt claimed)
+# KEYS[1]=delivery hash; ARGV: now, max_attempts, retry_for_s, ttl_s, inflight_until
+# -> {verdict, attempts}: delivered (a 2xx was recorded) | exhausted (budget spent) |
+# busy (another copy is sending right now) | send (attempt claimed)
 _CLAIM = """
-local rec = redis.call('HMGET', KEYS[1], 'delivered', 'first_at', 'attempts')
+local rec = redis.call('HMGET', KEYS[1], 'delivered', 'first_at', 'attempts', 'sending_until')
 local attempts = tonumber(rec[3] or '0')
 if rec[1] == '1' then return {'delivered', tostring(attempts)} end
 local now = tonumber(ARGV[1])
+if rec[4] and tonumber(rec[4]) > now then return {'busy', tostring(attempts)} end
 local first = tonumber(rec[2])
 if not first then
   redis.call('HSET', KEYS[1], 'first_at', ARGV[1])
@@ -60,6 +63,8 @@ if attempts >= tonumber(ARGV[2]) or (attempts > 0 and now - first > tonumber(ARG
   return {'exhausted', tostring(attempts)}
 end
 attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+-- Until this attempt ends (or its timeout passes, if the sender dies), no other copy sends.
+redis.call('HSET', KEYS[1], 'sending_until', ARGV[5])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return {'send', tostring(attempts)}
 """
@@ -76,9 +81,13 @@ def delivery_key(wid: str) -> str:
     return f"{PREFIX}delivery:{wid}"
 
 
-def backoff_s(attempts: int) -> float:
-    """Exponential (2, 4, 8 ... capped at 300 s) with jitter, after ``attempts`` failed attempts."""
-    return float(min(2**attempts, BACKOFF_CAP_S)) * random.uniform(0.5, 1.0)
+def backoff_s(attempts: int, cap_s: float = BACKOFF_CAP_S) -> float:
+    """Exponential (2, 4, 8 ... capped) with jitter, after ``attempts`` failed attempts.
+
+    The cap is also SEEDANCE_POLL_COUNTDOWN_CAP_S: a retry message waiting longer than the
+    broker's visibility timeout would be restored and sent twice.
+    """
+    return min(float(min(2**attempts, BACKOFF_CAP_S)) * random.uniform(0.5, 1.0), cap_s)
 
 
 def sign_headers(wid: str, body: str, secret: str | None, now: datetime | None = None) -> dict[str, str]:
@@ -159,10 +168,16 @@ def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     key = delivery_key(wid)
     ttl = int(max(settings.job_ttl_s, settings.notify_retry_for_s * 2))
     claim = r.register_script(_CLAIM)
+    started = time.time()
+    inflight_until = started + settings.notify_timeout_s + 5
     verdict, count = claim(
-        keys=[key], args=[time.time(), settings.notify_max_attempts, settings.notify_retry_for_s, ttl]
+        keys=[key],
+        args=[started, settings.notify_max_attempts, settings.notify_retry_for_s, ttl, inflight_until],
     )
     attempts = int(count)
+    if verdict == "busy":
+        # A re-fired chain racing the original: let the copy that is sending finish first.
+        raise self.retry(countdown=settings.notify_timeout_s + 6, max_retries=None)
     if verdict != "send":
         rec = {str(k): str(v) for k, v in r.hgetall(key).items()}
         if verdict == "delivered":
@@ -186,7 +201,9 @@ def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     code, error = post(url, wid, body, settings)
     now = time.time()
     if error is None:
-        r.hset(key, mapping={"delivered": 1, "status_code": code or 0, "delivered_at": now})
+        r.hset(
+            key, mapping={"delivered": 1, "status_code": code or 0, "delivered_at": now, "sending_until": 0}
+        )
         out.notification = Notification(webhook_id=wid, status_code=code, attempts=attempts, delivered=True)
         log.info(
             "notify task=%s id=%s delivered to %s status=%s attempt=%d",
@@ -198,9 +215,12 @@ def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
         )
         return out.wire()
 
-    r.hset(key, mapping={"last_status_code": "" if code is None else code, "last_error": error})
+    r.hset(
+        key,
+        mapping={"last_status_code": "" if code is None else code, "last_error": error, "sending_until": 0},
+    )
     first_at = float(r.hget(key, "first_at") or now)
-    countdown = backoff_s(attempts)
+    countdown = backoff_s(attempts, settings.poll_countdown_cap_s)
     if attempts < settings.notify_max_attempts and now + countdown - first_at <= settings.notify_retry_for_s:
         log.warning(
             "notify task=%s id=%s attempt=%d failed: %s; retry in %.1fs",
@@ -210,6 +230,8 @@ def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
             error,
             countdown,
         )
+        # The chain is waiting, not lost: keep the sweeper from re-firing it meanwhile.
+        extend_lease(out.task_id, settings, extra_s=countdown)
         raise self.retry(countdown=countdown, max_retries=None)
     r.hset(key, mapping={"final_error": error})
     out.notification = Notification(

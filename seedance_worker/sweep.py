@@ -10,6 +10,7 @@ stale. A job in hand-off gets its downstream chain re-fired from the stored Outc
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -23,20 +24,20 @@ log = logging.getLogger(__name__)
 MAX_HANDOFF_FIRES = 5
 
 # KEYS[1]=due KEYS[2]=jobs; ARGV: now, new_lease_at, limit, prefix
-# -> flat list of task_id, state, gen, owner, handoff_fires
+# -> flat list of task_id, state, gen, owner, handoff_fires, canvas
 _CLAIM_OVERDUE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
 for _, id in ipairs(ids) do
   local key = ARGV[4] .. id
-  local rec = redis.call('HMGET', key, 'state', 'gen', 'owner', 'handoff_fires')
+  local rec = redis.call('HMGET', key, 'state', 'gen', 'owner', 'handoff_fires', 'canvas')
   if not rec[1] or rec[1] == 'done' then
     redis.call('ZREM', KEYS[1], id)
     if not rec[1] then redis.call('ZREM', KEYS[2], id) end
   else
     redis.call('ZADD', KEYS[1], ARGV[2], id)
     table.insert(out, id); table.insert(out, rec[1]); table.insert(out, rec[2] or '1')
-    table.insert(out, rec[3] or ''); table.insert(out, rec[4] or '0')
+    table.insert(out, rec[3] or ''); table.insert(out, rec[4] or '0'); table.insert(out, rec[5] or '')
   end
 end
 return out
@@ -55,11 +56,18 @@ def run_sweep(settings: Settings | None = None, *, now: float | None = None, lim
     script = store.r.register_script(_CLAIM_OVERDUE)
     flat = script(keys=[DUE, JOBS], args=[now, lease, limit, job_key("")])
     count = 0
-    for i in range(0, len(flat), 5):
-        task_id, state, gen, owner, fires = flat[i : i + 5]
+    for i in range(0, len(flat), 6):
+        task_id, state, gen, owner, fires, canvas = flat[i : i + 6]
         if state == "polling":
             log.warning("sweep %s: lease ran out at gen=%s; re-driving the poll", task_id, gen)
-            publish_poll(task_id, gen=int(gen), countdown_s=0, celery_id=owner, settings=settings)
+            publish_poll(
+                task_id,
+                gen=int(gen),
+                countdown_s=0,
+                celery_id=owner,
+                settings=settings,
+                canvas=json.loads(canvas) if canvas else None,
+            )
             count += 1
         elif state == "handoff":
             record = store.get(task_id)

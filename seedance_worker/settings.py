@@ -22,7 +22,7 @@ from .errors import ConfigError
 
 ENV_PREFIX = "SEEDANCE_"
 
-DEFAULT_ALLOWED_HOSTS = ["*.volces.com", "*.bytepluses.com", "*.byteplusapi.com"]
+DEFAULT_ALLOWED_HOSTS = ["*.volces.com", "*.bytepluses.com"]
 
 CommaList = Annotated[list[str], NoDecode]
 

@@ -11,6 +11,11 @@ from typing import Any
 from celery import Celery, signals
 from celery.signals import worker_init
 
+from . import compat as _compat  # noqa: F401  (kombu work-around, see compat.py)
+
+# Imported for their signal handlers (metrics endpoint, JSON/redacted logs) in every worker.
+from . import logs as _logs  # noqa: F401
+from . import metrics as _metrics  # noqa: F401
 from .config import POLL_TASKS, POST_TASKS, TASK_MODULES, beat_schedule, celery_config, routes
 from .errors import ConfigError
 from .settings import Settings, get_settings
@@ -47,7 +52,21 @@ def ensure_app() -> Celery:
     return bundled
 
 
+def _started_by_celery_cli() -> bool:
+    argv0 = sys.argv[0] if sys.argv else ""
+    return argv0.endswith(("celery", "celery/__main__.py")) or "celery" in sys.argv[:2]
+
+
 def create_app() -> Celery:
+    try:
+        get_settings()
+    except ConfigError as exc:
+        if _started_by_celery_cli():
+            # `celery -A seedance_worker worker` with a bad SEEDANCE_* variable: one clear line
+            # naming it, instead of a hundred lines of Click traceback ending in it.
+            print(f"seedance-worker: refusing to start: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        raise
     app = Celery("seedance_worker")
     _load_config(app)
     _INSTALLED.add(id(app))

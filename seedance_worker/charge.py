@@ -32,6 +32,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
+from . import metrics
 from .errors import ConfigError
 from .models import Charge, Outcome
 from .settings import Settings, get_settings
@@ -226,6 +227,8 @@ def charge_usage(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
         out.step_errors["charge"] = {"type": "ConfigError", "kind": "price_table", "message": str(exc)}
         return out.wire()
     created, stored = record_charge(out.task_id, entry, settings)
+    if created:
+        metrics.charged_tokens(stored.get("completion_tokens"), stored.get("model"))
     out.charge = charge_from_entry(stored)
     out.step_errors.pop("charge", None)
     log.info(

@@ -36,4 +36,11 @@ def run_checks(settings: Settings | None = None) -> list[str]:
         os.unlink(path)
     except OSError as exc:
         problems.append(f"download dir unusable (SEEDANCE_DOWNLOAD_DIR={d}): {exc.strerror or exc}")
+    if settings.intake_url or settings.intake_token:
+        try:
+            from .intake import callback_url_for
+
+            callback_url_for(settings)
+        except errors.ConfigError as exc:
+            problems.append(f"callback intake misconfigured: {exc}")
     return problems

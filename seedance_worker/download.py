@@ -43,10 +43,12 @@ import requests
 import urllib3
 from celery import Task, shared_task
 
+from . import metrics
 from .client import get_client
-from .errors import DownloadError, RetryableError, SeedanceError
+from .errors import DownloadError, RateLimited, RetryableError, SeedanceError
 from .handoff import extend_lease
 from .models import Outcome, TaskSnapshot, VideoFile
+from .ratelimit import RateLimiter
 from .settings import Settings, get_settings
 from .storage import LocalStorage, PartialFile, Storage, StorageBusy, file_name
 from .store import PREFIX, get_store
@@ -105,10 +107,11 @@ def video_key(task_id: str) -> str:
 class _Transient(Exception):
     """May work later: retry the task (5xx, 429, too many dropped connections, busy partial file)."""
 
-    def __init__(self, message: str, kind: str = "http_error") -> None:
+    def __init__(self, message: str, kind: str = "http_error", not_before_s: float = 0.0) -> None:
         super().__init__(message, kind)
         self.message = message
         self.kind = kind
+        self.not_before_s = not_before_s  # a Retry-After or shared cool-down still to wait
 
 
 class _Expired(Exception):
@@ -381,8 +384,19 @@ def fetch_into(
 
 
 def _fresh_url(task_id: str, kind: Kind, settings: Settings) -> str | None:
+    # This GET is an API call like a poll: it waits for the fleet-wide limiter and honours a 429
+    # cool-down (retrying the task after it) instead of hitting an API that asked for quiet.
+    limiter = RateLimiter(get_store(settings).r, settings)
+    permit = limiter.acquire()
+    if permit.kind == "cooldown":
+        raise _Transient("the API asked for a pause (429)", "url_expired", permit.wait_s)
+    time.sleep(min(permit.wait_s, settings.poll_countdown_cap_s))
     try:
         snap = get_client(settings).get_task(task_id)
+    except RateLimited as exc:
+        wait = exc.retry_after_s if exc.retry_after_s is not None else settings.poll_min_interval_s
+        limiter.cool_down(wait)
+        raise _Transient("could not refresh the download URL: RateLimited", "url_expired", wait) from None
     except RetryableError as exc:
         raise _Transient(f"could not refresh the download URL: {type(exc).__name__}", "url_expired") from None
     except SeedanceError as exc:
@@ -424,6 +438,7 @@ def _store_one(
             )
             uri = storage.commit(name, tmp)
             committed = True
+            metrics.downloaded_bytes(size, kind)
             log.info(
                 "download task=%s %s stored %s bytes=%d sha256=%s from=%s",
                 task_id,
@@ -570,8 +585,10 @@ def _record_error(out: Outcome, kind: str, message: str) -> dict[str, Any]:
     return out.wire()
 
 
-def retry_countdown(retries: int) -> float:
-    return float(min(5 * 2**retries, 300)) * random.uniform(0.8, 1.2)
+def retry_countdown(retries: int, cap_s: float = 300.0) -> float:
+    # Capped like every countdown (SEEDANCE_POLL_COUNTDOWN_CAP_S): a retry message waiting longer
+    # than the visibility timeout would be restored and run twice.
+    return min(float(min(5 * 2**retries, 300)) * random.uniform(0.8, 1.2), cap_s)
 
 
 @shared_task(
@@ -594,7 +611,8 @@ def download_video(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     except _Transient as exc:
         retries = int(self.request.retries or 0)
         if retries < MAX_RETRIES:
-            countdown = retry_countdown(retries)
+            countdown = retry_countdown(retries, settings.poll_countdown_cap_s)
+            countdown = min(max(countdown, exc.not_before_s + 0.1), settings.poll_countdown_cap_s)
             log.warning(
                 "download task=%s: %s; retry %d/%d in %.0fs",
                 out.task_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -62,7 +63,7 @@ def test_parked_polls_run_on_time_and_jobs_finish(parked: Simulator, redis_url: 
         assert rec is not None and rec.state == "done"
         gets = [x.ts for x in sim.requests(kind="get") if x.task_id == tid]
         assert len(gets) == rec.polls
-        gaps = [b - a for a, b in zip(gets, gets[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(gets)]
         assert min(gaps) >= 0.6 * 0.95 and max(gaps) <= 1.0 + 1.0, gaps  # within the schedule, on time
 
 

@@ -117,6 +117,9 @@ def test_200_jobs_mixed_fates_each_end_right_once(e2e: tuple[Simulator, Workers]
 
     # Job records: done, with the right status; and no GET after the terminal poll.
     store = get_store()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(store.get(t).state != "done" for t in fates):  # type: ignore[union-attr]
+        time.sleep(0.2)
     gets = _gets_by_task(sim)
     for tid, fate in fates.items():
         rec = store.get(tid)

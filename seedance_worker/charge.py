@@ -35,6 +35,7 @@ from celery import Task, shared_task
 from . import metrics
 from .errors import ConfigError
 from .models import Charge, Outcome
+from .outage import survive_redis_outage
 from .settings import Settings, get_settings
 from .store import PREFIX, get_store
 
@@ -213,6 +214,7 @@ def list_ledger(
 
 
 @shared_task(bind=True, name="seedance.charge_usage", acks_late=True, reject_on_worker_lost=True)
+@survive_redis_outage
 def charge_usage(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     """Outcome in, Outcome out with ``charge`` filled: the task's one ledger entry."""
     out = Outcome.model_validate(outcome)

@@ -48,6 +48,7 @@ from .client import get_client
 from .errors import DownloadError, RateLimited, RetryableError, SeedanceError
 from .handoff import extend_lease
 from .models import Outcome, TaskSnapshot, VideoFile
+from .outage import survive_redis_outage
 from .ratelimit import RateLimiter
 from .settings import Settings, get_settings
 from .storage import LocalStorage, PartialFile, Storage, StorageBusy, file_name
@@ -598,6 +599,7 @@ def retry_countdown(retries: int, cap_s: float = 300.0) -> float:
     reject_on_worker_lost=True,
     max_retries=MAX_RETRIES,
 )
+@survive_redis_outage
 def download_video(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     """Outcome in, Outcome out with ``video`` filled (or ``step_errors["download"]`` recorded)."""
     out = Outcome.model_validate(outcome)

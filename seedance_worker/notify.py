@@ -36,6 +36,7 @@ from standardwebhooks.webhooks import Webhook
 from .download import redact
 from .handoff import extend_lease
 from .models import Notification, Outcome
+from .outage import survive_redis_outage, until_redis_answers
 from .settings import Settings, get_settings
 from .store import PREFIX, get_store
 from .version import __version__
@@ -148,6 +149,7 @@ def _check_url(url: str) -> str | None:
 
 
 @shared_task(bind=True, name="seedance.notify", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@survive_redis_outage
 def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     """Outcome in, Outcome out with ``notification`` filled (delivered, or why not)."""
     out = Outcome.model_validate(outcome)
@@ -201,8 +203,14 @@ def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     code, error = post(url, wid, body, settings)
     now = time.time()
     if error is None:
-        r.hset(
-            key, mapping={"delivered": 1, "status_code": code or 0, "delivered_at": now, "sending_until": 0}
+        # The receiver has it: this mark must land even through a Redis restart, or a re-run of
+        # the task would deliver the same notification again.
+        until_redis_answers(
+            lambda: r.hset(
+                key,
+                mapping={"delivered": 1, "status_code": code or 0, "delivered_at": now, "sending_until": 0},
+            ),
+            f"notify {out.task_id} delivered mark",
         )
         out.notification = Notification(webhook_id=wid, status_code=code, attempts=attempts, delivered=True)
         log.info(

@@ -22,9 +22,32 @@ from kombu.exceptions import OperationalError
 log = logging.getLogger(__name__)
 
 OUTAGE_WAIT_S = 60.0
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
+# BusyLoadingError: a restarted Redis answers while it replays its AOF (seen in tests/faults).
+REDIS_DOWN = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    OperationalError,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def until_redis_answers(op: Callable[[], T], what: str) -> T:
+    """Run one Redis write that must not be lost (a 'delivered' mark after a webhook got its 2xx),
+    waiting out an outage instead of failing the task, which would send the webhook again."""
+    deadline = time.monotonic() + OUTAGE_WAIT_S
+    delay = 0.1
+    while True:
+        try:
+            return op()
+        except REDIS_DOWN as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: Redis unavailable (%s); retrying in %.1f s", what, type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def survive_redis_outage(fn: F) -> F:

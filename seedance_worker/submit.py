@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from . import errors
 from .client import get_client
 from .models import CreateRequest
+from .outage import survive_redis_outage
 from .settings import Settings, get_settings
 from .store import get_store, idem_key
 from .track import ChainSpec, track, validate_metadata
@@ -139,6 +140,7 @@ def submit(
     retry_backoff_max=300,
     max_retries=20,
 )
+@survive_redis_outage
 def submit_task(
     self: Task,
     request: dict[str, Any],

@@ -16,6 +16,7 @@ import time
 
 from celery import shared_task
 
+from .outage import survive_redis_outage
 from .settings import Settings, get_settings
 from .store import DUE, JOBS, get_store, job_key
 
@@ -84,6 +85,7 @@ def run_sweep(settings: Settings | None = None, *, now: float | None = None, lim
 
 
 @shared_task(name="seedance.sweep", ignore_result=True)
+@survive_redis_outage
 def sweep() -> int:
     """Periodic (Celery beat): re-adopt jobs whose lease ran out."""
     return run_sweep()

@@ -62,13 +62,16 @@ class Permit:
     kind: str  # "go" | "slot" | "cooldown"
 
 
+def limiter_keys(settings: Settings) -> tuple[str, str]:
+    """(tat, cooldown) keys: one limiter per API key and host; the key itself is only ever hashed."""
+    secret = settings.api_key.get_secret_value() if settings.api_key else ""
+    key = hashlib.sha256(f"{settings.api_base_url}\0{secret}".encode()).hexdigest()[:16]
+    return f"{PREFIX}{key}:tat", f"{PREFIX}{key}:cooldown"
+
+
 class RateLimiter:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
-        # One limiter per API key and host; the key itself is only ever hashed, never stored.
-        secret = settings.api_key.get_secret_value() if settings.api_key else ""
-        key = hashlib.sha256(f"{settings.api_base_url}\0{secret}".encode()).hexdigest()[:16]
-        self.tat_key = f"{PREFIX}{key}:tat"
-        self.cool_key = f"{PREFIX}{key}:cooldown"
+        self.tat_key, self.cool_key = limiter_keys(settings)
         rps = settings.rate_limit_rps
         self.interval_us = int(1_000_000 / rps) if rps > 0 else 0
         self.tolerance_us = self.interval_us * max(0, settings.rate_limit_burst - 1)

@@ -4,7 +4,8 @@ Rules (each one is a test in tests/test_schedule.py):
 
 1. The first poll comes ``first_delay_s`` after tracking (the only countdown below the minimum).
 2. ``queued`` polls start slower than ``running`` ones: a queue wait is long and says little.
-3. Intervals grow by ``backoff_factor`` per poll in the same status, toward ``max_interval_s``.
+3. Intervals grow by ``backoff_factor`` per poll in the same status, toward ``max_interval_s``
+   (``running_backoff_factor`` for running jobs; by default they stay flat, see bench/detection.py).
 4. Full jitter between the minimum and the grown interval, so thousands of jobs spread out.
 5. A 429's ``Retry-After`` is a floor: the next poll never comes earlier.
 6. Errors that may pass (5xx, network, malformed body) back off exponentially (x2 per error) up to
@@ -40,6 +41,7 @@ class Schedule:
     backoff_factor: float = 1.5
     deadline_grace_s: float = 900.0
     countdown_cap_s: float = 300.0
+    running_backoff_factor: float | None = None  # None: the same growth as queued
 
     @classmethod
     def from_settings(cls, s: Settings) -> Schedule:
@@ -52,6 +54,7 @@ class Schedule:
             backoff_factor=s.poll_backoff_factor,
             deadline_grace_s=s.poll_deadline_grace_s,
             countdown_cap_s=s.poll_countdown_cap_s,
+            running_backoff_factor=s.poll_running_backoff_factor,
         )
 
     def first_countdown(self) -> float:
@@ -59,8 +62,13 @@ class Schedule:
 
     def base_interval(self, status: str | None, polls_in_status: int) -> float:
         """The un-jittered interval after ``polls_in_status`` polls that all saw ``status``."""
-        base = self.queued_interval_s if status == "queued" else self.running_interval_s
-        grown = base * self.backoff_factor ** max(0, polls_in_status - 1)
+        if status == "queued":
+            base, factor = self.queued_interval_s, self.backoff_factor
+        else:
+            # A running job ends soon; detection delay matters more there than GETs saved.
+            base = self.running_interval_s
+            factor = self.running_backoff_factor or self.backoff_factor
+        grown = base * factor ** max(0, polls_in_status - 1)
         return _clamp(grown, self.min_interval_s, self.max_interval_s)
 
     def error_interval(self, error_streak: int) -> float:

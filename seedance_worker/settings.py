@@ -59,12 +59,13 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(7 * 86400, ge=60)
 
     # --- the poll schedule ----------------------------------------------------------------------
-    poll_first_delay_s: float = Field(1.0, ge=0)
-    poll_min_interval_s: float = Field(2.0, gt=0)
-    poll_max_interval_s: float = Field(30.0, gt=0)
-    poll_queued_interval_s: float = Field(10.0, gt=0)
-    poll_running_interval_s: float = Field(4.0, gt=0)
+    poll_first_delay_s: float = Field(5.0, ge=0)
+    poll_min_interval_s: float = Field(3.0, gt=0)
+    poll_max_interval_s: float = Field(60.0, gt=0)
+    poll_queued_interval_s: float = Field(15.0, gt=0)
+    poll_running_interval_s: float = Field(5.0, gt=0)
     poll_backoff_factor: float = Field(1.5, ge=1.0, le=10.0)
+    poll_running_backoff_factor: float = Field(1.0, ge=1.0, le=10.0)
     poll_deadline_grace_s: float = Field(900.0, ge=0)
     poll_countdown_cap_s: float = Field(300.0, gt=0)
     poll_max_crashes: int = Field(5, ge=1)

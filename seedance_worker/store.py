@@ -61,22 +61,30 @@ return {1, ARGV[1], 'polling'}
 # -> {verdict, ...}: ok | stale | missing | terminal (message is the terminal gen) | crashloop
 _BEGIN = """
 local rec = redis.call('HMGET', KEYS[1], 'gen', 'state', 'terminal_gen', 'crashes')
-if not rec[1] then return {'missing', '0'} end
+if not rec[1] then return {'missing', '0', '0'} end
 local gen = tonumber(rec[1])
 local msg = tonumber(ARGV[1])
 if rec[2] ~= 'polling' then
   if rec[3] and tonumber(rec[3]) == msg then
-    return {'terminal', '0', unpack(redis.call('HGETALL', KEYS[1]))}
+    return {'terminal', '0', '0', unpack(redis.call('HGETALL', KEYS[1]))}
   end
-  return {'stale', '0'}
+  return {'stale', '0', '0'}
 end
-if gen ~= msg then return {'stale', '0'} end
+if gen ~= msg then return {'stale', '0', '0'} end
 local crashes = redis.call('HINCRBY', KEYS[1], 'crashes', 1)
 if crashes > tonumber(ARGV[3]) then
-  return {'crashloop', tostring(crashes - 1), unpack(redis.call('HGETALL', KEYS[1]))}
+  return {'crashloop', tostring(crashes - 1), '0', unpack(redis.call('HGETALL', KEYS[1]))}
 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
-return {'ok', '0', unpack(redis.call('HGETALL', KEYS[1]))}
+-- The shared 429 cool-down, read in the same round trip (microseconds still to wait).
+local cool = 0
+if KEYS[3] then
+  local until_us = tonumber(redis.call('GET', KEYS[3]) or '0')
+  local t = redis.call('TIME')
+  cool = until_us - (tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  if cool < 0 then cool = 0 end
+end
+return {'ok', '0', string.format('%.0f', cool), unpack(redis.call('HGETALL', KEYS[1]))}
 """
 
 # KEYS[1]=job KEYS[2]=due KEYS[3]=parked; ARGV: gen, lease_at, task_id, park_at (0: not parked),
@@ -282,15 +290,18 @@ class JobStore:
         return out
 
     def begin(
-        self, task_id: str, gen: int, *, lease_at: float, max_crashes: int
-    ) -> tuple[str, int, JobRecord | None]:
-        """Fence a poll run: verdict, crash count, and (when it may proceed) the record, in one trip."""
-        res = self._begin(keys=[job_key(task_id), DUE], args=[gen, lease_at, max_crashes, task_id])
+        self, task_id: str, gen: int, *, lease_at: float, max_crashes: int, cooldown_key: str | None = None
+    ) -> tuple[str, int, JobRecord | None, float]:
+        """Fence a poll run in one round trip: verdict, crash count, the record (when it may
+        proceed) and how long the shared 429 cool-down still runs (seconds)."""
+        keys = [job_key(task_id), DUE] + ([cooldown_key] if cooldown_key else [])
+        res = self._begin(keys=keys, args=[gen, lease_at, max_crashes, task_id])
         verdict = _s(res[0])
         crashes = int(_s(res[1]))
-        flat = [_s(x) for x in res[2:]]
+        cooldown_s = int(_s(res[2])) / 1_000_000
+        flat = [_s(x) for x in res[3:]]
         record = JobRecord.from_hash(task_id, dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
-        return verdict, crashes, record
+        return verdict, crashes, record, cooldown_s
 
     def advance(
         self, task_id: str, gen: int, *, lease_at: float, fields: dict[str, Any], park_at: float = 0.0

@@ -159,3 +159,11 @@ def test_decide_bounds_stay_within_min_and_max(streak: int) -> None:
         )
         d = decide(rec, result, now=1100, schedule=S, rng=rng)
         assert isinstance(d, Reschedule) and 2 <= d.countdown_s <= 30
+
+
+def test_running_jobs_can_stay_flat_while_queued_ones_grow() -> None:
+    """With running_backoff_factor=1, running polls stay at their interval; queued ones still grow."""
+    s = Schedule(min_interval_s=3, max_interval_s=60, queued_interval_s=15, running_interval_s=5,
+                 backoff_factor=1.5, running_backoff_factor=1.0)  # fmt: skip
+    assert [s.base_interval("running", n) for n in (1, 5, 20)] == [5, 5, 5]
+    assert [s.base_interval("queued", n) for n in (1, 2, 3, 10)] == [15, 22.5, 33.75, 60]

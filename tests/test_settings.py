@@ -34,7 +34,7 @@ def test_typo_is_named_with_the_closest_setting() -> None:
         ({"SEEDANCE_REDIS_URL": "http://x"}, "SEEDANCE_REDIS_URL"),
         ({"SEEDANCE_NOTIFY_URL": "ftp://x/y"}, "SEEDANCE_NOTIFY_URL"),
         ({"SEEDANCE_NOTIFY_SECRET": "whsec_not base64!"}, "SEEDANCE_NOTIFY_SECRET"),
-        ({"SEEDANCE_POLL_MIN_INTERVAL_S": "50"}, "SEEDANCE_POLL_MIN_INTERVAL_S"),
+        ({"SEEDANCE_POLL_MIN_INTERVAL_S": "90"}, "SEEDANCE_POLL_MIN_INTERVAL_S"),
         ({"SEEDANCE_API_BASE_URL": "not a url"}, "SEEDANCE_API_BASE_URL"),
         ({"SEEDANCE_METRICS_PORT": "70000"}, "SEEDANCE_METRICS_PORT"),
     ],

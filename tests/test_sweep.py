@@ -81,7 +81,7 @@ def test_a_poll_that_keeps_crashing_its_worker_is_ended(sim: Simulator, redis_ur
     seedance_worker.track(tid, on_failed=[])
     store = get_store()
     for _ in range(5):  # five runs that began and died (SIGKILL, OOM) before advancing the job
-        verdict, _, _ = store.begin(tid, 1, lease_at=time.time() + 60, max_crashes=5)
+        verdict, _, _, _ = store.begin(tid, 1, lease_at=time.time() + 60, max_crashes=5)
         assert verdict == "ok"
     sim.clear_log()
     with pytest.raises(GenerationFailed) as info:

@@ -58,6 +58,7 @@ from .version import __version__
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 5
+REFRESH_ATTEMPTS = 4  # GETs of the task per URL refresh before the task itself is retried
 MAX_URL_REFRESHES = 2
 MAX_RESUMES = 3
 MAX_REDIRECTS = 5
@@ -392,19 +393,29 @@ def _fresh_url(task_id: str, kind: Kind, settings: Settings) -> str | None:
     if permit.kind == "cooldown":
         raise _Transient("the API asked for a pause (429)", "url_expired", permit.wait_s)
     time.sleep(min(permit.wait_s, settings.poll_countdown_cap_s))
-    try:
-        snap = get_client(settings).get_task(task_id)
-    except RateLimited as exc:
-        wait = exc.retry_after_s if exc.retry_after_s is not None else settings.poll_min_interval_s
-        limiter.cool_down(wait)
-        raise _Transient("could not refresh the download URL: RateLimited", "url_expired", wait) from None
-    except RetryableError as exc:
-        raise _Transient(f"could not refresh the download URL: {type(exc).__name__}", "url_expired") from None
-    except SeedanceError as exc:
-        raise DownloadError(
-            f"the download URL expired and the task could not be fetched again ({type(exc).__name__})",
-            "url_expired",
-        ) from None
+    attempt = 0
+    while True:
+        try:
+            snap = get_client(settings).get_task(task_id)
+            break
+        except RateLimited as exc:
+            wait = exc.retry_after_s if exc.retry_after_s is not None else settings.poll_min_interval_s
+            limiter.cool_down(wait)
+            raise _Transient("could not refresh the download URL: RateLimited", "url_expired", wait) from None
+        except RetryableError as exc:
+            # A 5xx or a timeout on this one GET should not spend a whole task retry (with its
+            # download restart): try it again a few times here, backing off.
+            attempt += 1
+            if attempt >= REFRESH_ATTEMPTS:
+                raise _Transient(
+                    f"could not refresh the download URL: {type(exc).__name__}", "url_expired"
+                ) from None
+            time.sleep(min(0.5 * 2**attempt, 4.0) * random.uniform(0.5, 1.0))
+        except SeedanceError as exc:
+            raise DownloadError(
+                f"the download URL expired and the task could not be fetched again ({type(exc).__name__})",
+                "url_expired",
+            ) from None
     content = snap.content
     if content is None:
         return None

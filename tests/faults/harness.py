@@ -990,7 +990,7 @@ class FaultRun:
         polls_in_cooldown, refresh_in_cooldown = self._cooldown_overlaps(gets, files_403)
 
         # 6. no poll after the job's end (terminal poll recorded): only the download's URL refreshes,
-        # each answering one 403 of the video URL just before it
+        # each answering one 403 of the video URL just before it (with its retries of failed GETs)
         polls_after_end = 0
         refresh_gets = 0
         unanswered_403 = 0
@@ -1004,7 +1004,10 @@ class FaultRun:
             for g in after:
                 earlier = [t for t in pending if t < g.ts]
                 if rec.status == "succeeded" and earlier:
-                    pending.remove(earlier[0])
+                    # A refresh tries its GET a few times on 5xx/timeouts; the one that got the
+                    # fresh URL (200) answers the 403.
+                    if g.status == 200 and g.fault is None:
+                        pending.remove(earlier[0])
                     refresh_gets += 1
                 else:
                     extra.append(g)

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
 
     # --- the poll schedule ----------------------------------------------------------------------
     poll_first_delay_s: float = Field(5.0, ge=0)
-    poll_min_interval_s: float = Field(3.0, gt=0)
+    poll_min_interval_s: float = Field(4.5, gt=0)
     poll_max_interval_s: float = Field(60.0, gt=0)
     poll_queued_interval_s: float = Field(15.0, gt=0)
     poll_running_interval_s: float = Field(5.0, gt=0)

@@ -998,7 +998,8 @@ class FaultRun:
             rec = records[tid]
             if rec is None or rec.terminal_at is None:
                 continue
-            after = [g for g in gets.get(tid, []) if g.ts > rec.terminal_at]
+            # By arrival time: a GET the simulator held (timeout fault) is logged after later ones.
+            after = sorted((g for g in gets.get(tid, []) if g.ts > rec.terminal_at), key=lambda g: g.ts)
             pending = sorted(f.ts for f in files_403.get(tid, []) if f.ts > rec.terminal_at)
             extra = []
             for g in after:

@@ -962,14 +962,14 @@ class FaultRun:
         retry_after_violations = 0
         n429 = 0
         for tid, recs in gets.items():
-            for i, rec in enumerate(recs):
+            for rec in recs:
                 if rec.status != 429:
                     continue
                 n429 += 1
                 ra = self._retry_after(rec)
                 # Later by arrival time (the log is in answer order: a held "timeout" GET that
                 # arrived before this 429 is logged after it and is no violation).
-                early = [x for x in recs[i + 1 :] if rec.ts < x.ts < rec.ts + ra]
+                early = sorted((x for x in recs if rec.ts < x.ts < rec.ts + ra), key=lambda x: x.ts)
                 if early:
                     retry_after_violations += len(early)
                     bad(

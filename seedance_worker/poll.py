@@ -311,9 +311,10 @@ class _Poller:
         wait = wait_for_not_before(record, now=now, schedule=self.schedule)
         if wait is not None:
             return self.reschedule(record, gen, wait, now)
-        if not self.opts.slot:
-            # Without a fleet-wide rate, only the shared 429 cool-down (read by begin) can hold us.
-            if self.settings.rate_limit_rps > 0:
+        if not self.opts.slot or cooldown_s > 0:
+            # A 429 cool-down (read by begin) holds every poll, even one holding a limiter slot
+            # reserved before the 429. Without a fleet-wide rate, it is the only thing to check.
+            if self.settings.rate_limit_rps > 0 and cooldown_s <= 0:
                 permit = self.limiter().acquire()
             else:
                 permit = Permit(cooldown_s, "cooldown" if cooldown_s > 0 else "go")
@@ -321,14 +322,15 @@ class _Poller:
                 # Scheduled for its slot: the next run holds the reservation and does not ask again.
                 wait_s = permit.wait_s
                 if permit.kind == "cooldown":
-                    # Spread the polls held by a 429 so they do not all hit the API at the same instant.
-                    wait_s += random.uniform(0.0, 0.1 * wait_s + 0.05)
+                    # Spread the polls held by a 429 so they do not all hit the API at the same
+                    # instant; 20 ms on top because a countdown may fire a millisecond early.
+                    wait_s += 0.02 + random.uniform(0.0, 0.1 * wait_s + 0.05)
                 hop = Reschedule(min(wait_s, self.schedule.countdown_cap_s), {}, called_api=False)
                 metrics.ratelimit_wait(permit.wait_s, permit.kind)
                 held = permit.kind == "slot" and permit.wait_s <= self.schedule.countdown_cap_s
                 return self.reschedule(record, gen, hop, now, slot=held)
             if permit.wait_s > 0:
-                time.sleep(permit.wait_s)
+                time.sleep(permit.wait_s + (0.005 if permit.kind == "cooldown" else 0.0))
 
         result: TaskSnapshot | errors.SeedanceError
         try:

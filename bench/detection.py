@@ -46,10 +46,14 @@ from bench.common import (  # noqa: E402
     write_json,
 )
 from seedance_worker.schedule import Schedule  # noqa: E402
+from seedance_worker.settings import load_settings  # noqa: E402
 
+# The product's current defaults, read from Settings (the results JSON of a run records them).
+_D = Schedule.from_settings(load_settings({}))
 DEFAULT = dict(
-    first_delay_s=1.0, min_interval_s=2.0, max_interval_s=30.0, queued_interval_s=10.0,
-    running_interval_s=4.0, backoff_factor=1.5,
+    first_delay_s=_D.first_delay_s, min_interval_s=_D.min_interval_s, max_interval_s=_D.max_interval_s,
+    queued_interval_s=_D.queued_interval_s, running_interval_s=_D.running_interval_s,
+    backoff_factor=_D.backoff_factor, running_backoff_factor=_D.running_backoff_factor,
 )  # fmt: skip
 FIXED5 = dict(
     first_delay_s=5.0, min_interval_s=5.0, max_interval_s=5.0, queued_interval_s=5.0,
@@ -59,6 +63,7 @@ TO_ENV = {
     "first_delay_s": "poll_first_delay_s", "min_interval_s": "poll_min_interval_s",
     "max_interval_s": "poll_max_interval_s", "queued_interval_s": "poll_queued_interval_s",
     "running_interval_s": "poll_running_interval_s", "backoff_factor": "poll_backoff_factor",
+    "running_backoff_factor": "poll_running_backoff_factor",
 }  # fmt: skip
 
 
@@ -155,7 +160,7 @@ def part_a(n_jobs: int, grid_jobs: int = 2000) -> dict:
 
 
 def scaled_env(params: dict, f: float, *, park: bool) -> dict:
-    env = {TO_ENV[k]: v / f if k != "backoff_factor" else v for k, v in params.items()}
+    env = {TO_ENV[k]: v / f if not k.endswith("backoff_factor") else v for k, v in params.items()}
     env["poll_countdown_cap_s"] = max(300.0 / f, env["poll_max_interval_s"])
     env["poll_park_after_s"] = 20.0 / f if park else 0
     env["dispatch_interval_s"] = max(0.01, 0.5 / f)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     EnvProc,
     SimProcess,
     Worker,
@@ -45,8 +45,8 @@ from bench.common import (  # noqa: E402
     wait_until,
     write_json,
 )
-from seedance_worker.schedule import Schedule  # noqa: E402
-from seedance_worker.settings import load_settings  # noqa: E402
+from seedance_worker.schedule import Schedule
+from seedance_worker.settings import load_settings
 
 # The product's current defaults, read from Settings (the results JSON of a run records them).
 _D = Schedule.from_settings(load_settings({}))

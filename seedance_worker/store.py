@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,8 +342,6 @@ class JobStore:
             self.r.zrem(JOBS, *stale)
         return out
 
-    def overdue(self, now: float, limit: int = 500) -> list[str]:
-        return [_s(x) for x in self.r.zrangebyscore(DUE, "-inf", now, start=0, num=limit)]
 
 
 def _s(value: Any) -> str:
@@ -353,11 +350,6 @@ def _s(value: Any) -> str:
 
 _stores: dict[tuple[int, str], JobStore] = {}
 _lock = threading.Lock()
-
-
-def redis_client(settings: Settings | None = None) -> redis.Redis:
-    settings = settings or get_settings()
-    return get_store(settings).r
 
 
 def get_store(settings: Settings | None = None) -> JobStore:
@@ -383,7 +375,3 @@ def get_store(settings: Settings | None = None) -> JobStore:
 def reset_stores() -> None:
     with _lock:
         _stores.clear()
-
-
-def now() -> float:
-    return time.time()

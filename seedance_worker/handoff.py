@@ -55,13 +55,16 @@ def build_chain(record: JobRecord, outcome: dict[str, Any], settings: Settings) 
 def fire_handoff(record: JobRecord, outcome: dict[str, Any], settings: Settings) -> None:
     """Publish the downstream chain and note it in the record (the lease stays until complete)."""
     now = time.time()
-    build_chain(record, outcome, settings).apply_async()
+    # Noted before publishing: a fast chain can reach seedance.complete (state done) before a note
+    # written afterwards, which then found no hand-off to update. If the publish fails, the lease
+    # still lets the sweeper fire it again.
     get_store(settings).touch(
         record.task_id,
         expected_state="handoff",
         lease_at=handoff_lease_at(settings, now),
         fields={"handoff": "fired", "handoff_at": now, "handoff_fires": record.handoff_fires + 1},
     )
+    build_chain(record, outcome, settings).apply_async()
 
 
 def extend_lease(task_id: str, settings: Settings | None = None, *, extra_s: float = 0.0) -> None:

@@ -9,6 +9,11 @@ dispatcher thread that claims the parked polls due within the next tick (one ato
 each is published by exactly one worker) and publishes them with the remaining few hundred
 milliseconds as countdown, so they still start on time. A dispatcher that dies between claiming
 and publishing costs nothing: the job's lease runs out and the sweeper re-drives it.
+
+The same thread runs the sweeper (sweep.py) every ``SEEDANCE_SWEEP_INTERVAL_S``, so recovery of a
+killed worker's chains needs neither beat nor a free slot behind a backlog of poll messages: the
+beat-run ``seedance.sweep`` task is the backstop, not the only sweeper. The claim is one atomic
+script, so any number of workers sweeping at once re-drive each lost job once.
 """
 
 from __future__ import annotations
@@ -72,7 +77,8 @@ def dispatch_due(settings: Settings | None = None, *, horizon_s: float | None = 
 
 
 class Dispatcher:
-    """The thread in a worker's main process that runs ``dispatch_due`` every tick."""
+    """The thread in a worker's main process: ``dispatch_due`` every tick, ``run_sweep`` every
+    sweep interval."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
@@ -88,12 +94,24 @@ class Dispatcher:
         self.thread.join(timeout_s)
 
     def _loop(self) -> None:
-        interval = self.settings.dispatch_interval_s
+        from .sweep import run_sweep
+
+        interval = min(self.settings.dispatch_interval_s, self.settings.sweep_interval_s)
+        dispatching = self.settings.poll_park_after_s > 0
+        next_sweep = time.monotonic() + self.settings.sweep_interval_s
         while not self.stop_event.wait(interval):
-            try:
-                dispatch_due(self.settings, horizon_s=interval * 2)
-            except Exception as exc:  # a Redis blip must not kill the thread; the next tick retries
-                log.warning("dispatch: %s: %s", type(exc).__name__, exc)
+            # A Redis blip must not kill the thread: each step logs and the next tick retries.
+            if dispatching:
+                try:
+                    dispatch_due(self.settings, horizon_s=interval * 2)
+                except Exception as exc:
+                    log.warning("dispatch: %s: %s", type(exc).__name__, exc)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.settings.sweep_interval_s
+                try:
+                    run_sweep(self.settings)
+                except Exception as exc:
+                    log.warning("sweep: %s: %s", type(exc).__name__, exc)
 
 
 _dispatcher: Dispatcher | None = None
@@ -101,7 +119,7 @@ _dispatcher: Dispatcher | None = None
 
 def start_dispatcher(**_: Any) -> None:
     global _dispatcher
-    if _dispatcher is None and get_settings().poll_park_after_s > 0:
+    if _dispatcher is None:
         _dispatcher = Dispatcher().start()
 
 

@@ -33,6 +33,7 @@ from .store import JobRecord, JobStore, get_store
 log = logging.getLogger(__name__)
 
 INLINE_WAIT_S = 0.05  # a limiter wait this short is slept inline instead of a reschedule
+RUN_SLACK_S = 2.0  # on top of the HTTP timeouts: a begun poll's lease covers its GET and its advance
 
 
 class PollOptions(BaseModel):
@@ -143,14 +144,14 @@ def deliver(outcome: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lease_after(settings: Settings, countdown_s: float, now: float) -> float:
-    # Long enough for the message to wait, run, and time out once; then the sweeper may re-drive it.
-    return (
-        now
-        + countdown_s
-        + settings.http_connect_timeout_s
-        + settings.http_read_timeout_s
-        + settings.poll_lease_grace_s
-    )
+    # A message waiting for its countdown or in the queue: the sweeper may re-drive it this long
+    # after it was due (plus the fleet's current lag, see sweep.py).
+    return now + max(0.0, countdown_s) + settings.poll_lease_grace_s
+
+
+def _running_lease(settings: Settings, now: float) -> float:
+    # A poll that has begun: its one GET may take the connect and read timeouts, then it advances.
+    return now + settings.http_connect_timeout_s + settings.http_read_timeout_s + RUN_SLACK_S
 
 
 def publish_poll(
@@ -285,9 +286,10 @@ class _Poller:
         verdict, crashes, record, cooldown_s = self.store.begin(
             self.task_id,
             gen,
-            lease_at=_lease_after(self.settings, 0, now),
+            lease_at=_running_lease(self.settings, now),
             max_crashes=self.settings.poll_max_crashes,
             cooldown_key=limiter_keys(self.settings)[1],
+            lag_s=None if self.opts.due is None else now - self.opts.due,
         )
         if verdict == "stale" or verdict == "missing" or record is None:
             log.info("poll %s gen=%s %s copy dropped", self.task_id, gen, verdict)

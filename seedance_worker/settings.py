@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     poll_deadline_grace_s: float = Field(900.0, ge=0)
     poll_countdown_cap_s: float = Field(300.0, gt=0)
     poll_max_crashes: int = Field(5, ge=1)
-    poll_lease_grace_s: float = Field(30.0, gt=0)
+    poll_lease_grace_s: float = Field(15.0, gt=0)
     poll_park_after_s: float = Field(20.0, ge=0)
     dispatch_interval_s: float = Field(0.5, gt=0, le=10)
     handoff_lease_s: float = Field(900.0, ge=5)
@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     intake_url: str | None = None
     intake_token: SecretStr | None = None
-    sweep_interval_s: float = Field(10.0, gt=0)
+    sweep_interval_s: float = Field(5.0, gt=0)
 
     @field_validator("on_succeeded", "on_failed", "download_allowed_hosts", mode="before")
     @classmethod

@@ -7,6 +7,8 @@ Keys (all under ``seedance:``):
 - ``seedance:due``            zset task_id -> lease deadline; the sweeper re-drives what is overdue
 - ``seedance:parked``         zset task_id -> due time of a long wait parked here instead of a
                               countdown message (dispatch.py publishes it when it comes due)
+- ``seedance:lag``            hash ``lag_s``/``at``: how late polls have been starting lately (queue
+                              backlog); the sweeper waits this much longer before re-driving
 - ``seedance:idem:{key}``     hash, submit idempotency records
 
 Every state change is one Lua script, so two copies of a poll message (a redelivery, a restore after
@@ -30,6 +32,8 @@ PREFIX = "seedance:"
 JOBS = PREFIX + "jobs"
 DUE = PREFIX + "due"
 PARKED = PREFIX + "parked"
+LAG = PREFIX + "lag"
+LAG_WINDOW_S = 5.0  # the lag kept is the largest seen over about this long
 
 
 def job_key(task_id: str) -> str:
@@ -56,7 +60,8 @@ if tonumber(ARGV[4]) > 0 then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[6]) end
 return {1, ARGV[1], 'polling'}
 """
 
-# KEYS[1]=job KEYS[2]=due; ARGV: gen, lease_at, max_crashes, task_id
+# KEYS[1]=job KEYS[2]=due KEYS[3]=lag [KEYS[4]=429 cool-down]; ARGV: gen, lease_at, max_crashes,
+# task_id, lag_s ('' when unknown)
 # -> {verdict, ...}: ok | stale | missing | terminal (message is the terminal gen) | crashloop
 _BEGIN = """
 local rec = redis.call('HMGET', KEYS[1], 'gen', 'state', 'terminal_gen', 'crashes')
@@ -75,11 +80,21 @@ if crashes > tonumber(ARGV[3]) then
   return {'crashloop', tostring(crashes - 1), '0', unpack(redis.call('HGETALL', KEYS[1]))}
 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+local t = redis.call('TIME')
+-- How late this current-generation copy started (a stale copy's lateness says nothing): the largest
+-- over the last window, so the sweeper can tell a backlogged queue from a lost message.
+local lag = tonumber(ARGV[5])
+if lag then
+  local now_s = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local cur = redis.call('HMGET', KEYS[3], 'lag_s', 'at')
+  if not cur[2] or now_s - tonumber(cur[2]) > LAG_WINDOW_S or lag >= tonumber(cur[1]) then
+    redis.call('HSET', KEYS[3], 'lag_s', ARGV[5], 'at', string.format('%.3f', now_s))
+  end
+end
 -- The shared 429 cool-down, read in the same round trip (microseconds still to wait).
 local cool = 0
-if KEYS[3] then
-  local until_us = tonumber(redis.call('GET', KEYS[3]) or '0')
-  local t = redis.call('TIME')
+if KEYS[4] then
+  local until_us = tonumber(redis.call('GET', KEYS[4]) or '0')
   cool = until_us - (tonumber(t[1]) * 1000000 + tonumber(t[2]))
   if cool < 0 then cool = 0 end
 end
@@ -244,7 +259,7 @@ class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
         self._register = client.register_script(_REGISTER)
-        self._begin = client.register_script(_BEGIN)
+        self._begin = client.register_script(_BEGIN.replace("LAG_WINDOW_S", repr(LAG_WINDOW_S)))
         self._advance = client.register_script(_ADVANCE)
         self._finish = client.register_script(_FINISH)
         self._complete = client.register_script(_COMPLETE)
@@ -289,12 +304,21 @@ class JobStore:
         return out
 
     def begin(
-        self, task_id: str, gen: int, *, lease_at: float, max_crashes: int, cooldown_key: str | None = None
+        self,
+        task_id: str,
+        gen: int,
+        *,
+        lease_at: float,
+        max_crashes: int,
+        cooldown_key: str | None = None,
+        lag_s: float | None = None,
     ) -> tuple[str, int, JobRecord | None, float]:
         """Fence a poll run in one round trip: verdict, crash count, the record (when it may
-        proceed) and how long the shared 429 cool-down still runs (seconds)."""
-        keys = [job_key(task_id), DUE] + ([cooldown_key] if cooldown_key else [])
-        res = self._begin(keys=keys, args=[gen, lease_at, max_crashes, task_id])
+        proceed) and how long the shared 429 cool-down still runs (seconds). ``lag_s`` (how late
+        this run started) feeds the fleet's lag that the sweeper allows for."""
+        keys = [job_key(task_id), DUE, LAG] + ([cooldown_key] if cooldown_key else [])
+        lag = "" if lag_s is None else f"{max(0.0, lag_s):.3f}"
+        res = self._begin(keys=keys, args=[gen, lease_at, max_crashes, task_id, lag])
         verdict = _s(res[0])
         crashes = int(_s(res[1]))
         cooldown_s = int(_s(res[2])) / 1_000_000
@@ -319,6 +343,16 @@ class JobStore:
     def touch(self, task_id: str, *, expected_state: str, lease_at: float, fields: dict[str, Any]) -> bool:
         args = [expected_state, lease_at, task_id, *_flatten(fields)]
         return bool(self._touch(keys=[job_key(task_id), DUE], args=args))
+
+    def fleet_lag_s(self, *, max_age_s: float = 2 * LAG_WINDOW_S) -> float:
+        """How late polls have been starting lately (a queue backlog); 0 when none began recently."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.time()
+        pipe.hmget(LAG, "lag_s", "at")
+        (secs, micros), (lag, at) = pipe.execute()
+        if lag is None or at is None or secs + micros / 1e6 - float(at) > max_age_s:
+            return 0.0
+        return float(lag)
 
     def get(self, task_id: str) -> JobRecord | None:
         raw = self.r.hgetall(job_key(task_id))

@@ -53,9 +53,14 @@ def run_sweep(settings: Settings | None = None, *, now: float | None = None, lim
     settings = settings or get_settings()
     store = get_store(settings)
     now = time.time() if now is None else now
-    lease = now + settings.http_connect_timeout_s + settings.http_read_timeout_s + settings.poll_lease_grace_s
+    # A lease past its deadline by less than the fleet's current lag is a message still waiting in
+    # a backlogged queue, not a lost one: re-driving it would only add copies to the backlog. (A
+    # restored copy can report a lag near the visibility timeout: the cap keeps that from hiding
+    # lost messages for long.)
+    lag_s = min(store.fleet_lag_s(), settings.visibility_timeout_s / 2)
+    lease = now + lag_s + settings.poll_lease_grace_s
     script = store.r.register_script(_CLAIM_OVERDUE)
-    flat = script(keys=[DUE, JOBS], args=[now, lease, limit, job_key("")])
+    flat = script(keys=[DUE, JOBS], args=[now - lag_s, lease, limit, job_key("")])
     count = 0
     for i in range(0, len(flat), 6):
         task_id, state, gen, owner, fires, canvas = flat[i : i + 6]

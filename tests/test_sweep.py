@@ -14,7 +14,7 @@ from celery import chain
 import seedance_worker
 from seedance_worker.errors import GenerationFailed
 from seedance_worker.simulator import Simulator
-from seedance_worker.store import DUE, get_store
+from seedance_worker.store import DUE, LAG, get_store
 from seedance_worker.sweep import run_sweep
 from tests.conftest import _reset_caches, clean_redis
 from tests.e2e_tasks import CANVAS_KEY
@@ -25,6 +25,8 @@ from tests.workers import Workers
 def worker(sim: Simulator, env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[Simulator]:
     env.setenv("SEEDANCE_ON_SUCCEEDED", "")
     env.setenv("SEEDANCE_ON_FAILED", "")
+    # The test calls run_sweep() itself; the worker's own sweeper thread would race it.
+    env.setenv("SEEDANCE_SWEEP_INTERVAL_S", "3600")
     _reset_caches()
     clean_redis(redis_url)
     with Workers(tmp_path, n=1, concurrency=2, extra_args=["--include", "tests.e2e_tasks"]):
@@ -91,3 +93,50 @@ def test_a_poll_that_keeps_crashing_its_worker_is_ended(sim: Simulator, redis_ur
     rec = store.get(tid)
     assert rec is not None and rec.state in ("handoff", "done") and rec.end_reason == "PollCrashed"
     assert sim.requests(kind="get") == []
+
+
+@pytest.mark.slow
+def test_workers_re_drive_a_lost_poll_without_beat(
+    sim: Simulator, env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str
+) -> None:
+    """No beat, nobody calling run_sweep(): the workers' own sweeper thread re-drives a lost poll
+    within the lease grace plus one sweep interval."""
+    env.setenv("SEEDANCE_ON_SUCCEEDED", "")
+    env.setenv("SEEDANCE_ON_FAILED", "")
+    env.setenv("SEEDANCE_SWEEP_INTERVAL_S", "0.5")
+    _reset_caches()
+    clean_redis(redis_url)
+    with Workers(tmp_path, n=1, concurrency=2):
+        tid = sim.add_task([("queued", 2.0), ("succeeded", None)])
+        res = seedance_worker.track(tid)
+        deadline = time.time() + 10
+        while time.time() < deadline and (get_store().get(tid).polls or 0) < 1:  # type: ignore[union-attr]
+            time.sleep(0.05)
+        gen_lost = get_store().get(tid).gen  # type: ignore[union-attr]
+        lost_at = time.time()
+        _lose_the_message(tid, redis_url)
+        assert res.get(timeout=20)["status"] == "succeeded"
+        # The first GET after the loss: the re-driven poll, published by a worker's sweeper.
+        after = [g.ts for g in sim.requests(kind="get") if g.task_id == tid and g.ts > lost_at]
+        rec = get_store().get(tid)
+        assert rec is not None and rec.gen > gen_lost
+        assert after and after[0] - lost_at < 5.0, after[:1]
+
+
+def test_a_backlogged_queue_is_not_taken_for_lost_messages(redis_url: str) -> None:
+    """A lease past its deadline by less than the lag polls are starting with (a queue backlog) is
+    left alone; without that lag the same job is re-driven."""
+    clean_redis(redis_url)
+    store = get_store()
+    now = time.time()
+    store.register("cgt-lagging-job", "celery-id-1", now=now - 30, lease_at=now - 3, fields={})
+    # Another job's poll starts 10 s after its due time: the queue is 10 s behind.
+    store.register("cgt-other-job", "celery-id-2", now=now, lease_at=now + 60, fields={})
+    verdict, _, _, _ = store.begin("cgt-other-job", 1, lease_at=now + 60, max_crashes=5, lag_s=10.0)
+    assert verdict == "ok" and 9.9 < store.fleet_lag_s() <= 10.0
+    assert run_sweep() == 0
+    assert run_sweep(now=time.time() + 8) == 1  # 11 s past its deadline: lost after all
+    redis.Redis.from_url(redis_url).delete(LAG)
+    store.register("cgt-lagging-2", "celery-id-3", now=now - 30, lease_at=now - 3, fields={})
+    assert store.fleet_lag_s() == 0.0
+    assert run_sweep() == 1  # no lag reported: 3 s past the deadline is lost

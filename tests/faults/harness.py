@@ -1032,6 +1032,10 @@ class FaultRun:
         # 8. numbers
         faults = Counter(rec.fault for rec in requests_all if rec.fault)
         resume = self._resume_times(gets, records)
+        # The promise: a chain held by a SIGKILLed worker resumes within its interval plus 30 s
+        # (every interval here is at most the countdown cap).
+        for tid, waited in resume["over_budget"][:10]:
+            failures.append(f"{tid}: resumed {waited:.1f} s after its worker's SIGKILL (> {resume['budget_s']:g} s)")
         sweeps = sum(len(re.findall(r"lease ran out at gen=", t)) for t in logs.values())
         refires = sum(len(re.findall(r"hand-off lease ran out", t)) for t in logs.values())
         stale = sum(
@@ -1172,15 +1176,21 @@ class FaultRun:
     def _resume_times(self, gets: dict[str, list[RequestRecord]], records: dict[str, Any]) -> dict[str, Any]:
         samples: list[float] = []
         no_get = 0
+        budget_s = float(self.cfg.env.get("SEEDANCE_POLL_COUNTDOWN_CAP_S", "300")) + 30.0
+        over: list[tuple[str, float]] = []
         for k in self.kills:
             for tid in k.held:
                 rec = records.get(tid)
                 nxt = [g.ts for g in gets.get(tid, []) if g.ts >= k.ts]
                 if nxt:
                     samples.append(nxt[0] - k.ts)
+                    if samples[-1] > budget_s:
+                        over.append((tid, samples[-1]))
                 elif rec is None or rec.terminal_at is None or rec.terminal_at > k.ts:
                     no_get += 1
         return {
+            "budget_s": budget_s,
+            "over_budget": over,
             "n": len(samples),
             "p50_s": _round(percentile(samples, 50)),
             "p99_s": _round(p99(samples)),

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -122,10 +123,8 @@ class SimProcess:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.is_alive():
-            try:
+            with contextlib.suppress(OSError):
                 self.conn.send(("stop", None))
-            except OSError:
-                pass
             self.proc.join(5)
             if self.proc.is_alive():
                 self.proc.kill()
@@ -272,10 +271,8 @@ class Worker:
 
     def kill(self) -> None:
         if self.proc is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(10)
 
 
@@ -302,7 +299,7 @@ def _env_main(q: Any, env: dict[str, str], module: str, fn: str, args: tuple[Any
 
         mod = importlib.import_module(module)
         q.put(("ok", getattr(mod, fn)(*args)))
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         import traceback
 
         q.put(("err", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
@@ -349,7 +346,7 @@ def _envproc_main(conn: Any, env: dict[str, str]) -> None:
         module, fn, args = msg
         try:
             conn.send(("ok", getattr(importlib.import_module(module), fn)(*args)))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             conn.send(("err", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
@@ -372,10 +369,8 @@ class EnvProc:
         return out
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.conn.send(None)
-        except OSError:
-            pass
         self.proc.join(5)
         if self.proc.is_alive():
             self.proc.kill()

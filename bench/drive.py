@@ -45,9 +45,8 @@ def track_at(items: list[tuple[float, str]], on_succeeded: list[str] | None = No
 
 
 def start_noop(n: int, until: float, countdown: float) -> None:
-    from seedance_worker.celeryapp import ensure_app
-
     import bench.baseline_tasks as bt
+    from seedance_worker.celeryapp import ensure_app
 
     ensure_app()
     for _ in range(n):
@@ -55,9 +54,8 @@ def start_noop(n: int, until: float, countdown: float) -> None:
 
 
 def start_get(ids: list[str], base_url: str, until: float, countdown: float) -> None:
-    from seedance_worker.celeryapp import ensure_app
-
     import bench.baseline_tasks as bt
+    from seedance_worker.celeryapp import ensure_app
 
     ensure_app()
     for tid in ids:
@@ -65,9 +63,8 @@ def start_get(ids: list[str], base_url: str, until: float, countdown: float) -> 
 
 
 def start_blocking(ids: list[str], base_url: str, interval: float) -> None:
-    from seedance_worker.celeryapp import ensure_app
-
     import bench.baseline_tasks as bt
+    from seedance_worker.celeryapp import ensure_app
 
     ensure_app()
     for tid in ids:
@@ -137,9 +134,8 @@ def inspect_prefetch(timeout_s: float = 3.0) -> dict[str, Any]:
 
 def probe_noop(timeout_s: float = 120.0) -> float:
     """Seconds from publishing a no-op task on the poll queue to its result: slot starvation probe."""
-    from seedance_worker.celeryapp import ensure_app
-
     import bench.baseline_tasks as bt
+    from seedance_worker.celeryapp import ensure_app
 
     ensure_app()
     t0 = time.time()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     EnvProc,
     SimProcess,
     Worker,
@@ -130,7 +130,7 @@ def run_one(n: int, park: bool, ids: list[str], snapshot: dict, sim: SimProcess,
         jobs = r.zcard("seedance:jobs")
         try:
             prefetch = drivers[0].call("inspect_prefetch")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             prefetch = {"error": str(exc)}
         rss1 = {w.name: w.rss() for w in workers}
     except BaseException:

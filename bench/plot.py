@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,7 +58,6 @@ def main() -> int:
             if runs:
                 ax.plot([r["jobs"] for r in runs], [r["redis_bytes_per_job"] for r in runs], style,
                         label=f"Redis B/job, parking {'OFF' if mode == 'before' else 'ON'}")
-                ax2 = ax
         ax.axhline(2048, color="red", lw=0.8, ls=":", label="goal 2 KB/job")
         ax.set_xscale("log")
         ax.set_xlabel("jobs in flight")

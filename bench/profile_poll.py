@@ -20,8 +20,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, EnvProc, SimProcess, Worker, base_env, client, start_redis, start_workers, table, write_json  # noqa: E402
-from bench.spyreport import summarise  # noqa: E402
+from bench.common import (
+    RESULTS,
+    EnvProc,
+    SimProcess,
+    Worker,
+    base_env,
+    client,
+    start_redis,
+    start_workers,
+    table,
+    write_json,
+)
+from bench.spyreport import summarise
 
 PYSPY = str(Path(sys.executable).parent / "py-spy")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import table  # noqa: E402
+from bench.common import table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

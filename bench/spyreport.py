@@ -50,8 +50,8 @@ if __name__ == "__main__":
     res = summarise([Path(p) for p in sys.argv[1:]])
     print("samples", res["samples"])
     print("-- self")
-    for f, c, share in res["self"]:
+    for f, _c, share in res["self"]:
         print(f"{share:6.1%}  {f}")
     print("-- total")
-    for f, c, share in res["total"]:
+    for f, _c, share in res["total"]:
         print(f"{share:6.1%}  {f}")

@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--keep", action="store_true", help="keep each run's directory (logs, AOF, videos)")
     args = ap.parse_args(argv)
+    # A plain `kill` of the bench must still stop its workers, beat, simulator and Redis (the
+    # harness cleans up in `finally`, which SIGTERM's default action would skip).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     out = args.out or RESULTS / ("faults-quick.json" if args.quick else "faults.json")
     reports: list[dict[str, Any]] = []

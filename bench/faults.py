@@ -67,6 +67,8 @@ def table(reports: list[dict[str, Any]]) -> str:
         ("lost", lambda i, r: str(r["lost"])),
         ("dup charges", lambda i, r: str(r["duplicate_charges"])),
         ("dup deliveries", lambda i, r: str(r["duplicate_deliveries"])),
+        # the sender SIGKILLed between the receiver's 2xx and its mark: resent, same webhook-id
+        ("in-doubt resends", lambda i, r: str(r.get("in_doubt_resends", 0))),
         ("RA viol.", lambda i, r: str(r["retry_after_violations"])),
         ("polls after end", lambda i, r: str(r["polls_after_end"])),
         ("resume p99 s", lambda i, r: _fmt(r["resume_p99_s"])),
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "lost": sum(r["lost"] for r in reports),
             "duplicate_charges": sum(r["duplicate_charges"] for r in reports),
             "duplicate_deliveries": sum(r["duplicate_deliveries"] for r in reports),
+            "in_doubt_resends": sum(r.get("in_doubt_resends", 0) for r in reports),
             "failed_checks": sum(len(r["failures"]) for r in reports),
         },
         "runs": reports,

@@ -8,7 +8,8 @@ and a receiver can drop repeats.
 The delivery state lives in Redis, one hash per webhook id::
 
     seedance:delivery:{webhook_id}  hash  first_at, attempts, last_status_code, last_error,
-                                          delivered=1, status_code, delivered_at, final_error
+                                          delivered=1, status_code, delivered_at, final_error,
+                                          sending_until, in_doubt
 
 ``attempts`` is counted by a Lua script before every POST, together with the budget check
 (``SEEDANCE_NOTIFY_MAX_ATTEMPTS`` attempts within ``SEEDANCE_NOTIFY_RETRY_FOR_S`` of the first one),
@@ -16,6 +17,11 @@ so the count is exact across retries and redeliveries. After a 2xx the hash is m
 no later run sends it again. A non-2xx answer or a network error is retried with exponential backoff
 and jitter through ``self.retry`` (the chain is kept); when the budget is spent the failure is
 recorded in ``outcome.notification`` and the task returns normally, so the chain completes.
+
+Delivery is exactly once except in one window no sender can close: a SIGKILL after the receiver
+answered 2xx and before the mark is written. The next run finds the attempt's claim expired but
+never released, counts it in ``in_doubt``, logs it and sends again (never losing a notification
+wins); the repeat has the same ``webhook-id``, which receivers must use to drop duplicates.
 """
 
 from __future__ import annotations
@@ -47,8 +53,9 @@ NO_URL_ERROR = "no SEEDANCE_NOTIFY_URL configured"
 BACKOFF_CAP_S = 300
 
 # KEYS[1]=delivery hash; ARGV: now, max_attempts, retry_for_s, ttl_s, inflight_until
-# -> {verdict, attempts}: delivered (a 2xx was recorded) | exhausted (budget spent) |
-# busy (another copy is sending right now) | send (attempt claimed)
+# -> {verdict, attempts, in_doubt}: delivered (a 2xx was recorded) | exhausted (budget spent) |
+# busy (another copy is sending right now) | send (attempt claimed); in_doubt = '1' when the last
+# attempt's sender died mid-request (its claim ran out unreleased): the receiver may have it already.
 _CLAIM = """
 local rec = redis.call('HMGET', KEYS[1], 'delivered', 'first_at', 'attempts', 'sending_until')
 local attempts = tonumber(rec[3] or '0')
@@ -63,11 +70,16 @@ end
 if attempts >= tonumber(ARGV[2]) or (attempts > 0 and now - first > tonumber(ARGV[3])) then
   return {'exhausted', tostring(attempts)}
 end
+local in_doubt = '0'
+if rec[4] and tonumber(rec[4]) > 0 then
+  in_doubt = '1'
+  redis.call('HINCRBY', KEYS[1], 'in_doubt', 1)
+end
 attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 -- Until this attempt ends (or its timeout passes, if the sender dies), no other copy sends.
 redis.call('HSET', KEYS[1], 'sending_until', ARGV[5])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-return {'send', tostring(attempts)}
+return {'send', tostring(attempts), in_doubt}
 """
 
 _warned_unsigned = False
@@ -172,11 +184,22 @@ def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     claim = r.register_script(_CLAIM)
     started = time.time()
     inflight_until = started + settings.notify_timeout_s + 5
-    verdict, count = claim(
+    verdict, count, *rest = claim(
         keys=[key],
         args=[started, settings.notify_max_attempts, settings.notify_retry_for_s, ttl, inflight_until],
     )
     attempts = int(count)
+    if rest and rest[0] == "1":
+        # Exactly once is impossible across a crash inside the request: the receiver may have
+        # answered 2xx just before the SIGKILL. Never losing the notification wins; the repeat
+        # carries the same webhook-id, which Standard Webhooks receivers use to drop it.
+        log.warning(
+            "notify task=%s id=%s attempt=%d: the previous attempt's sender died mid-request; its "
+            "outcome is unknown, sending again with the same webhook-id",
+            out.task_id,
+            wid,
+            int(count),
+        )
     if verdict == "busy":
         # A re-fired chain racing the original: let the copy that is sending finish first.
         raise self.retry(countdown=settings.notify_timeout_s + 6, max_retries=None)

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -147,6 +148,31 @@ def test_delivered_notification_is_not_sent_again(env: pytest.MonkeyPatch, recei
     assert len(receiver.received) == 1
     assert second["notification"] == first["notification"]
     assert second["notification"]["delivered"] is True
+
+
+def test_a_sender_killed_mid_request_is_resent_and_counted_in_doubt(
+    env: pytest.MonkeyPatch, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A claim that ran out without being released (its sender was SIGKILLed inside the POST) is
+    sent again with the same webhook-id, and the delivery record counts it as in doubt."""
+    configure(env, receiver.url)
+    tid = new_id()
+    wid = webhook_id(tid, "succeeded")
+    r = get_store().r
+    # What a SIGKILL leaves behind: one attempt claimed, its in-flight deadline passed, no mark.
+    then = time.time() - 30
+    r.hset(delivery_key(wid), mapping={"first_at": then, "attempts": 1, "sending_until": then + 15})
+    with caplog.at_level(logging.WARNING, logger="seedance_worker.notify"):
+        result = notify(make_outcome(tid))
+    assert result["notification"]["delivered"] is True and result["notification"]["attempts"] == 2
+    assert [h["webhook-id"] for h, _, _ in receiver.received] == [wid]
+    assert r.hget(delivery_key(wid), "in_doubt") == "1"
+    assert any("died mid-request" in m and wid in m for m in caplog.messages)
+    # An ordinary retry after a non-2xx answer is not in doubt.
+    tid2 = new_id()
+    receiver.statuses = [503]
+    run_until_done(make_outcome(tid2))
+    assert r.hget(delivery_key(webhook_id(tid2, "succeeded")), "in_doubt") is None
 
 
 def test_eager_apply_runs_the_retries(env: pytest.MonkeyPatch, receiver: Receiver) -> None:

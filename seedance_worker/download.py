@@ -634,6 +634,8 @@ def download_video(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
                 MAX_RETRIES,
                 countdown,
             )
+            # The chain is waiting, not lost: keep the sweeper from re-firing it meanwhile.
+            extend_lease(out.task_id, settings, extra_s=countdown)
             raise self.retry(countdown=countdown, max_retries=MAX_RETRIES) from None
         drop_partial(LocalStorage(settings.download_dir), file_name(out.task_id, VIDEO_SUFFIX))
         return _record_error(out, exc.kind, f"{exc.message} (gave up after {retries + 1} attempts)")

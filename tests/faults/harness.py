@@ -1194,6 +1194,10 @@ class FaultRun:
         for k in self.kills:
             for tid in k.held:
                 rec = records.get(tid)
+                if rec is not None and rec.terminal_at is not None and rec.terminal_at <= k.ts:
+                    # Its poll had already ended the job (an `active` terminal poll finishing its
+                    # hand-off): what remains is the downstream chain, under the hand-off lease.
+                    continue
                 nxt = [g.ts for g in gets.get(tid, []) if g.ts >= k.ts]
                 if nxt:
                     samples.append(nxt[0] - k.ts)

@@ -198,7 +198,7 @@ def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
             "outcome is unknown, sending again with the same webhook-id",
             out.task_id,
             wid,
-            int(count),
+            attempts,
         )
     if verdict == "busy":
         # A re-fired chain racing the original: let the copy that is sending finish first.

@@ -63,6 +63,7 @@ def test_three_workers_stay_at_the_limit_and_honour_retry_after(limited: Simulat
     assert rate <= LIMIT_RPS * 1.05, rate
     assert rate >= LIMIT_RPS * 0.75, rate
     window_max = max(sum(1 for t in gets if s <= t < s + 1.0) for s in gets)
+    print(f"rate limit: busiest 1-s window {window_max} requests (allowed {LIMIT_RPS} + burst {BURST})")
     assert window_max <= LIMIT_RPS + BURST, window_max
 
     limited_at = [r for r in sim.requests(kind="get") if r.status == 429 and r.ts >= t1]

@@ -48,7 +48,7 @@ return out
 def run_sweep(settings: Settings | None = None, *, now: float | None = None, limit: int = 1000) -> int:
     """Re-drive every overdue job once; return how many were re-adopted."""
     from .handoff import fire_handoff
-    from .poll import publish_poll
+    from .poll import _lease_after, publish_poll
 
     settings = settings or get_settings()
     store = get_store(settings)
@@ -58,7 +58,7 @@ def run_sweep(settings: Settings | None = None, *, now: float | None = None, lim
     # restored copy can report a lag near the visibility timeout: the cap keeps that from hiding
     # lost messages for long.)
     lag_s = min(store.fleet_lag_s(), settings.visibility_timeout_s / 2)
-    lease = now + lag_s + settings.poll_lease_grace_s
+    lease = _lease_after(settings, lag_s, now)  # a re-driven poll waits in the same backlog
     script = store.r.register_script(_CLAIM_OVERDUE)
     flat = script(keys=[DUE, JOBS], args=[now - lag_s, lease, limit, job_key("")])
     count = 0

@@ -823,7 +823,7 @@ class FaultRun:
 
     def check(self) -> dict[str, Any]:
         from seedance_worker.charge import LEDGER, list_ledger
-        from seedance_worker.notify import webhook_id
+        from seedance_worker.notify import delivery_key, webhook_id
         from seedance_worker.store import get_store
 
         assert self.sim is not None and self.receiver is not None
@@ -920,7 +920,7 @@ class FaultRun:
             if c < 2:
                 continue
             first = min(d.ts for d in deliveries if d.webhook_id == wid and 200 <= d.code < 300)
-            counted = int(r.hget(f"seedance:delivery:{wid}", "in_doubt") or 0)
+            counted = int(r.hget(delivery_key(wid), "in_doubt") or 0)
             if counted >= c - 1 and any(-0.5 <= k.ts - first <= 2.0 for k in self.kills):
                 in_doubt[wid] = c - 1
         duplicate_deliveries = sum(c - 1 for wid, c in ok_by_wid.items() if c > 1 and wid not in in_doubt)

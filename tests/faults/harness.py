@@ -48,7 +48,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from seedance_worker.embedded import EmbeddedRedis
 from seedance_worker.simulator import RequestRecord, SimConfig, Simulator
-from tests.workers import WorkerProcess, Workers, worker_env
+from tests.support.workers import WorkerProcess, Workers, worker_env
 
 TERMINAL = ("succeeded", "failed", "expired", "cancelled")
 POLL_TASK = "seedance.poll"

@@ -25,7 +25,7 @@ from seedance_worker import intake
 from seedance_worker.settings import get_settings
 from seedance_worker.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
-from tests.workers import Workers, worker_env
+from tests.support.workers import Workers, worker_env
 
 TOKEN = "intake-test-token-0f9e8d7c6b5a4"
 STARTED_KEY = "test:intake:started"

@@ -31,7 +31,7 @@ from seedance_worker.simulator import SimConfig, Simulator
 from seedance_worker.store import get_store
 from seedance_worker.submit import submit
 from seedance_worker.track import track_many
-from tests.bad_input_helpers import (
+from tests.support.bad_input_helpers import (
     API_KEY,
     CLI,
     NOTIFY_SECRET,
@@ -47,7 +47,7 @@ from tests.bad_input_helpers import (
     worker_start_cmd,
 )
 from tests.conftest import _reset_caches, clean_redis
-from tests.workers import Workers, worker_env
+from tests.support.workers import Workers, worker_env
 
 TEXT = [{"type": "text", "text": "a red fox in snow"}]
 MODEL = "seedance-1-5-pro-251215"

@@ -11,7 +11,7 @@ import pytest
 import seedance_worker
 from seedance_worker.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
-from tests.workers import Workers
+from tests.support.workers import Workers
 
 pytestmark = pytest.mark.slow
 

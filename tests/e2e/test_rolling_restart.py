@@ -16,8 +16,8 @@ import seedance_worker
 from seedance_worker.simulator import SimConfig, Simulator
 from seedance_worker.store import get_store
 from tests.conftest import _reset_caches, clean_redis
-from tests.e2e_tasks import RECORD_KEY
-from tests.workers import Workers
+from tests.support.e2e_tasks import RECORD_KEY
+from tests.support.workers import Workers
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def fleet(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[t
     env.setenv("SEEDANCE_ON_FAILED", "tests.record_outcome")
     _reset_caches()
     clean_redis(redis_url)
-    ws = Workers(tmp_path, n=3, concurrency=2, extra_args=["--include", "tests.e2e_tasks"])
+    ws = Workers(tmp_path, n=3, concurrency=2, extra_args=["--include", "tests.support.e2e_tasks"])
     with ws:
         yield sim, ws
     sim.stop()

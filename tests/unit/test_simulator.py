@@ -594,7 +594,7 @@ def test_serve_forever_cli_prints_and_stops_on_sigterm() -> None:
         "from seedance_worker.simulator import SimConfig, serve_forever_cli;"
         "serve_forever_cli('127.0.0.1', 0, SimConfig())"
     )
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:

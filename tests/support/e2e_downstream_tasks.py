@@ -1,5 +1,5 @@
-"""User tasks for tests/test_downstream_e2e.py, loaded into real workers with
-`--include tests.e2e_downstream_tasks`."""
+"""User tasks for tests/e2e/test_downstream.py, loaded into real workers with
+`--include tests.support.e2e_downstream_tasks`."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import seedance_worker
 from seedance_worker.simulator import SimConfig, Simulator
 from seedance_worker.store import get_store
 from tests.conftest import _reset_caches, clean_redis
-from tests.workers import WorkerProcess, worker_env
+from tests.support.workers import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +44,10 @@ def rabbit(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[
     env.setenv("SEEDANCE_POST_QUEUE", post_q)
     _reset_caches()
     clean_redis(redis_url)
-    sys.modules.pop("tests.rabbit_app", None)
-    app = importlib.import_module("tests.rabbit_app").app
+    sys.modules.pop("tests.support.rabbit_app", None)
+    app = importlib.import_module("tests.support.rabbit_app").app
     worker = WorkerProcess("rabbit", env=worker_env(), logdir=tmp_path, concurrency=2, queues=f"{poll_q},{post_q}")
-    worker.cmd[worker.cmd.index("seedance_worker")] = "tests.rabbit_app"
+    worker.cmd[worker.cmd.index("seedance_worker")] = "tests.support.rabbit_app"
     app.set_current()
     try:
         worker.start().wait_ready()

@@ -37,8 +37,8 @@ from seedance_worker.charge import charge_usage, entry_id, list_ledger
 from seedance_worker.simulator import SimConfig, Simulator
 from seedance_worker.store import JobRecord, get_store
 from tests.conftest import _reset_caches, clean_redis
-from tests.e2e_downstream_tasks import ENRICH_KEY
-from tests.workers import WorkerProcess, Workers
+from tests.support.e2e_downstream_tasks import ENRICH_KEY
+from tests.support.workers import WorkerProcess, Workers
 
 pytestmark = pytest.mark.slow
 
@@ -271,7 +271,7 @@ def _fleet(
             clean_redis(redis_url)
             try:
                 with Workers(
-                    tmp, n=2, concurrency=concurrency, extra_args=["--include", "tests.e2e_downstream_tasks"]
+                    tmp, n=2, concurrency=concurrency, extra_args=["--include", "tests.support.e2e_downstream_tasks"]
                 ) as ws:
                     try:
                         yield Fleet(sim, ws, download_dir, rec, proxy)

@@ -18,7 +18,7 @@ from seedance_worker import logs
 from seedance_worker.settings import get_settings, load_settings
 from seedance_worker.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
-from tests.workers import Workers
+from tests.support.workers import Workers
 
 API_KEY = "test-key-not-a-secret-0123456789"  # conftest's SEEDANCE_API_KEY
 WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LWZvci1sb2dzLXRlc3Q="

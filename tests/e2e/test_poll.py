@@ -22,8 +22,8 @@ from seedance_worker.errors import GenerationCancelled, GenerationExpired, Gener
 from seedance_worker.simulator import SimConfig, Simulator
 from seedance_worker.store import get_store
 from tests.conftest import clean_redis
-from tests.e2e_tasks import CANVAS_KEY, RECORD_KEY
-from tests.workers import Workers, worker_env
+from tests.support.e2e_tasks import CANVAS_KEY, RECORD_KEY
+from tests.support.workers import Workers, worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def e2e(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[tup
 
     _reset_caches()
     clean_redis(redis_url)
-    with Workers(tmp_path, n=2, concurrency=2, extra_args=["--include", "tests.e2e_tasks"]) as ws:
+    with Workers(tmp_path, n=2, concurrency=2, extra_args=["--include", "tests.support.e2e_tasks"]) as ws:
         yield sim, ws
     sim.stop()
 
@@ -143,7 +143,7 @@ def test_canvas_chain_group_and_chord(e2e: tuple[Simulator, Workers], redis_url:
     a = sim.add_task([("queued", 0.2), ("running", 0.4), ("succeeded", None)])
     b = sim.add_task([("queued", 0.3), ("succeeded", None)])
     c = sim.add_task([("running", 0.5), ("succeeded", None)])
-    from tests.e2e_tasks import canvas_step, collect
+    from tests.support.e2e_tasks import canvas_step, collect
 
     res = chain(seedance_worker.poll.s(a), canvas_step.s(tag="chain")).apply_async(expires=2)
     assert res.get(timeout=30) == {"tag": "chain", "task_id": a, "status": "succeeded"}

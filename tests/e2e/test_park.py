@@ -16,8 +16,8 @@ import seedance_worker
 from seedance_worker.simulator import SimConfig, Simulator
 from seedance_worker.store import PARKED, get_store
 from tests.conftest import _reset_caches, clean_redis
-from tests.e2e_tasks import CANVAS_KEY
-from tests.workers import Workers
+from tests.support.e2e_tasks import CANVAS_KEY
+from tests.support.workers import Workers
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def parked(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[
     env.setenv("SEEDANCE_ON_FAILED", "")
     _reset_caches()
     clean_redis(redis_url)
-    with Workers(tmp_path, n=1, concurrency=2, extra_args=["--include", "tests.e2e_tasks"]):
+    with Workers(tmp_path, n=1, concurrency=2, extra_args=["--include", "tests.support.e2e_tasks"]):
         yield sim
     sim.stop()
 
@@ -70,7 +70,7 @@ def test_parked_polls_run_on_time_and_jobs_finish(parked: Simulator, redis_url: 
 
 def test_a_parked_poll_keeps_the_callers_chain(parked: Simulator, redis_url: str) -> None:
     """chain(poll.s(id), step.s()) still runs the step once when the poll's waits were parked."""
-    from tests.e2e_tasks import canvas_step
+    from tests.support.e2e_tasks import canvas_step
 
     tid = parked.add_task([("queued", 1.5), ("running", 1.5), ("succeeded", None)])
     res = chain(seedance_worker.poll.s(tid), canvas_step.s(tag="parked")).apply_async()

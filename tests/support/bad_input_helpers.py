@@ -1,4 +1,4 @@
-"""Helpers of tests/test_bad_input.py: run the CLI and the worker the way a user does, look for leaks."""
+"""Helpers of tests/e2e/test_bad_input.py: run the CLI and the worker the way a user does, look for leaks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""User tasks for the end-to-end tests, loaded into real workers with `--include tests.e2e_tasks`."""
+"""User tasks for the end-to-end tests, loaded into real workers with `--include tests.support.e2e_tasks`."""
 
 from __future__ import annotations
 

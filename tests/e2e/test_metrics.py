@@ -17,7 +17,7 @@ from seedance_worker import metrics
 from seedance_worker.simulator import SimConfig, Simulator
 from seedance_worker.store import get_store
 from tests.conftest import _reset_caches, clean_redis
-from tests.workers import Workers
+from tests.support.workers import Workers
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
-"""A host application on RabbitMQ (tests/test_rabbitmq.py): its own broker, Redis results, install(app).
+"""A host application on RabbitMQ (tests/e2e/test_rabbitmq.py): its own broker, Redis results, install(app).
 
 The seedance poll state (job records, leases, the due index) stays in SEEDANCE_REDIS_URL; only the
-task messages travel over AMQP. Worker: ``celery -A tests.rabbit_app worker -Q <poll>,<post>``.
+task messages travel over AMQP. Worker: ``celery -A tests.support.rabbit_app worker -Q <poll>,<post>``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from seedance_worker.settings import Settings
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_every_setting_is_in_the_readme_table() -> None:
@@ -21,5 +21,5 @@ def test_the_two_commands_are_in_the_quickstart() -> None:
     """The demo command and the test command, as .ci/run runs the latter."""
     assert "seedance-worker demo" in README
     assert ".venv/bin/pip install -e '.[test,lint]' && .venv/bin/python -m pytest -q" in README
-    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert "pip install" in ci and "-e '.[test,lint]'" in ci and "-m pytest -q" in ci

@@ -19,8 +19,8 @@ from seedance_worker.simulator import Simulator
 from seedance_worker.store import DUE, LAG, get_store
 from seedance_worker.sweep import run_sweep
 from tests.conftest import _reset_caches, clean_redis
-from tests.e2e_tasks import CANVAS_KEY
-from tests.workers import Workers
+from tests.support.e2e_tasks import CANVAS_KEY
+from tests.support.workers import Workers
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def worker(sim: Simulator, env: pytest.MonkeyPatch, tmp_path: Path, redis_url: s
     env.setenv("SEEDANCE_SWEEP_INTERVAL_S", "3600")
     _reset_caches()
     clean_redis(redis_url)
-    with Workers(tmp_path, n=1, concurrency=2, extra_args=["--include", "tests.e2e_tasks"]):
+    with Workers(tmp_path, n=1, concurrency=2, extra_args=["--include", "tests.support.e2e_tasks"]):
         yield sim
 
 
@@ -63,7 +63,7 @@ def test_a_lost_poll_is_re_driven_with_the_current_generation(worker: Simulator,
 @pytest.mark.slow
 def test_a_re_driven_poll_keeps_the_callers_chain(worker: Simulator, redis_url: str) -> None:
     """A poll started in chain(poll.s(id), step.s()) keeps its chain when the sweeper re-drives it."""
-    from tests.e2e_tasks import canvas_step
+    from tests.support.e2e_tasks import canvas_step
 
     tid = worker.add_task([("queued", 3.0), ("succeeded", None)])
     res = chain(seedance_worker.poll.s(tid), canvas_step.s(tag="swept")).apply_async()

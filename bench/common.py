@@ -1,6 +1,6 @@
 """Shared harness of the benchmarks: embedded Redis, the simulator in its own process, real workers.
 
-* ``SimProcess``: ``seedance_worker.simulator.Simulator`` in a separate (spawned) process, so its
+* ``SimProcess``: ``seedance_worker.testing.simulator.Simulator`` in a separate (spawned) process, so its
   HTTP threads do not share a GIL with the driver; commands over a pipe (add scripted tasks, change
   the config, read the request log in a compact form).
 * ``Worker``: ``python -m celery -A seedance_worker worker -P prefork -c N -Q seedance.poll,seedance.post
@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 import psutil  # noqa: E402
 import redis  # noqa: E402
 
-from seedance_worker.embedded import EmbeddedRedis  # noqa: E402
+from seedance_worker.testing.redis import EmbeddedRedis  # noqa: E402
 
 CTX = mp.get_context("spawn")
 
@@ -44,7 +44,7 @@ CTX = mp.get_context("spawn")
 
 
 def _sim_main(conn: Any, cfg: dict[str, Any]) -> None:
-    from seedance_worker.simulator import SimConfig, Simulator
+    from seedance_worker.testing.simulator import SimConfig, Simulator
 
     sim = Simulator(config=SimConfig(**cfg)).start()
     conn.send(sim.base_url)

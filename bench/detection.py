@@ -4,7 +4,7 @@ Job mix (real seconds): 20% 30-60 s, 60% 60-180 s (a few seconds queued, the res
 queued 5-30 min then running 60-180 s.
 
 Part A, the schedule model (virtual time, no compression, 20,000 jobs per arm): the product's own
-``seedance_worker.schedule.Schedule.next_countdown`` with decide()'s status-run counting, one poll
+``seedance_worker.engine.schedule.Schedule.next_countdown`` with decide()'s status-run counting, one poll
 at a time; optionally plus the lateness measured in part B. It compares the current defaults, a
 fixed 5 s interval (c), and a small grid of candidate settings (the best one that uses <= 1/3 of
 (c)'s GETs at a p95 delay <= (c)'s is reported as "tuned").
@@ -45,7 +45,7 @@ from bench.common import (
     wait_until,
     write_json,
 )
-from seedance_worker.schedule import Schedule
+from seedance_worker.engine.schedule import Schedule
 from seedance_worker.settings import load_settings
 
 # The product's current defaults, read from Settings (the results JSON of a run records them).

@@ -46,7 +46,7 @@ def track_at(items: list[tuple[float, str]], on_succeeded: list[str] | None = No
 
 def start_noop(n: int, until: float, countdown: float) -> None:
     import bench.baseline_tasks as bt
-    from seedance_worker.celeryapp import ensure_app
+    from seedance_worker.wiring.app import ensure_app
 
     ensure_app()
     for _ in range(n):
@@ -55,7 +55,7 @@ def start_noop(n: int, until: float, countdown: float) -> None:
 
 def start_get(ids: list[str], base_url: str, until: float, countdown: float) -> None:
     import bench.baseline_tasks as bt
-    from seedance_worker.celeryapp import ensure_app
+    from seedance_worker.wiring.app import ensure_app
 
     ensure_app()
     for tid in ids:
@@ -64,7 +64,7 @@ def start_get(ids: list[str], base_url: str, until: float, countdown: float) -> 
 
 def start_blocking(ids: list[str], base_url: str, interval: float) -> None:
     import bench.baseline_tasks as bt
-    from seedance_worker.celeryapp import ensure_app
+    from seedance_worker.wiring.app import ensure_app
 
     ensure_app()
     for tid in ids:
@@ -86,11 +86,11 @@ def seed(items: list[tuple[str, float]], snapshot: dict[str, Any], park: bool) -
     ``poll._again`` sends) with parking OFF. Skips only the first poll's GET. Returns seconds."""
     import dataclasses
 
-    from seedance_worker.celeryapp import ensure_app
-    from seedance_worker.poll import _lease_after, publish_poll
+    from seedance_worker.engine.poll import _lease_after, publish_poll
+    from seedance_worker.engine.store import JobRecord, get_store
     from seedance_worker.settings import get_settings
-    from seedance_worker.store import JobRecord, get_store
     from seedance_worker.track import registration_fields
+    from seedance_worker.wiring.app import ensure_app
 
     ensure_app()
     settings = get_settings()
@@ -125,7 +125,7 @@ def env_pid() -> int:
 
 def inspect_prefetch(timeout_s: float = 3.0) -> dict[str, Any]:
     """Per worker: kombu's prefetch_count (1 + every ETA/countdown message it holds) via inspect stats."""
-    from seedance_worker.celeryapp import ensure_app
+    from seedance_worker.wiring.app import ensure_app
 
     app = ensure_app()
     stats = app.control.inspect(timeout=timeout_s).stats() or {}
@@ -135,7 +135,7 @@ def inspect_prefetch(timeout_s: float = 3.0) -> dict[str, Any]:
 def probe_noop(timeout_s: float = 120.0) -> float:
     """Seconds from publishing a no-op task on the poll queue to its result: slot starvation probe."""
     import bench.baseline_tasks as bt
-    from seedance_worker.celeryapp import ensure_app
+    from seedance_worker.wiring.app import ensure_app
 
     ensure_app()
     t0 = time.time()

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import errors
-from .celeryapp import install
-from .errors import GenerationCancelled, GenerationExpired, GenerationFailed, TaskNotFound
-from .models import Outcome, Status, TaskSnapshot
+from seedance_worker import errors
 
 # The modules poll.py, submit.py and track.py share their names with the public callables; binding
 # the callables here, after the modules are imported, makes `seedance_worker.poll` the task.
-from .poll import poll
-from .settings import Settings, get_settings
-from .submit import submit
-from .track import track
-from .version import __version__
+from seedance_worker.engine.poll import poll
+from seedance_worker.errors import GenerationCancelled, GenerationExpired, GenerationFailed, TaskNotFound
+from seedance_worker.models import Outcome, Status, TaskSnapshot
+from seedance_worker.settings import Settings, get_settings
+from seedance_worker.submit import submit
+from seedance_worker.track import track
+from seedance_worker.version import __version__
+from seedance_worker.wiring.app import install
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -47,11 +47,11 @@ _app: Celery | None = None
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `import seedance_worker.simulator` (or the CLI's --help) needs no valid settings.
+    # Lazy, so `import seedance_worker.testing.simulator` (or the CLI's --help) needs no valid settings.
     global _app
     if name in ("app", "celery"):
         if _app is None:
-            from .celeryapp import create_app
+            from seedance_worker.wiring.app import create_app
 
             _app = create_app()
         return _app

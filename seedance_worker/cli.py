@@ -9,8 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import errors
-from .version import __version__
+from seedance_worker import errors
+from seedance_worker.version import __version__
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -36,7 +36,7 @@ def _fmt_ts(ts: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .client import get_client, validate_task_id
+    from seedance_worker.client import get_client, validate_task_id
 
     validate_task_id(args.task_id)
     try:
@@ -72,7 +72,7 @@ def _wait_outcomes(results: Sequence[Any], timeout_s: float | None, as_json: boo
 
 
 def cmd_track(args: argparse.Namespace) -> int:
-    from .track import track_many
+    from seedance_worker.track import track_many
 
     results = track_many(args.task_ids, metadata=args.metadata)
     for tid, res in zip(args.task_ids, results, strict=True):
@@ -83,7 +83,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .submit import submit
+    from seedance_worker.submit import submit
 
     content: list[dict[str, Any]] = [{"type": "text", "text": args.prompt}]
     roles = list(args.role or [])
@@ -107,7 +107,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from .store import get_store
+    from seedance_worker.engine.store import get_store
 
     records = get_store().all(limit=args.limit)
     if args.json:
@@ -143,8 +143,8 @@ def _short_error(text: str | None, width: int = 90) -> str:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from .charge import list_ledger
-    from .settings import get_settings
+    from seedance_worker.settings import get_settings
+    from seedance_worker.steps.charge import list_ledger
 
     entries, totals = list_ledger(get_settings())
     if args.json:
@@ -171,7 +171,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulator import SimConfig, serve_forever_cli
+    from seedance_worker.testing.simulator import SimConfig, serve_forever_cli
 
     cfg = SimConfig()
     for name in ("queued_s", "running_s", "latency_s", "error_rate_5xx", "rate_429", "malformed_rate"):
@@ -185,7 +185,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check import run_checks
+    from seedance_worker.check import run_checks
 
     problems = run_checks()
     if problems:
@@ -196,8 +196,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .celeryapp import ensure_app
-    from .sweep import run_sweep
+    from seedance_worker.engine.sweep import run_sweep
+    from seedance_worker.wiring.app import ensure_app
 
     ensure_app()
     print(f"re-adopted {run_sweep()} jobs")
@@ -205,13 +205,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from seedance_worker.demo import run_demo
 
     return run_demo(jobs=args.jobs, workdir=args.dir, timeout_s=args.timeout)
 
 
 def cmd_intake(args: argparse.Namespace) -> int:
-    from .intake import serve_intake
+    from seedance_worker.intake import serve_intake
 
     serve_intake(args.host, args.port)
     return EXIT_OK
@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command not in ("simulate", "demo"):
-            from .settings import get_settings
+            from seedance_worker.settings import get_settings
 
             get_settings()  # a bad SEEDANCE_* variable fails here, naming it
         code: int = args.func(args)
@@ -334,7 +334,7 @@ def _redis_where() -> str:
     """Host and port of SEEDANCE_REDIS_URL, without any password in it."""
     from urllib.parse import urlsplit
 
-    from .settings import get_settings
+    from seedance_worker.settings import get_settings
 
     parts = urlsplit(get_settings().redis_url)
     return f"SEEDANCE_REDIS_URL ({parts.hostname}:{parts.port or 6379})"

@@ -21,10 +21,10 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import errors, metrics
-from .models import CreateRequest, TaskList, TaskSnapshot
-from .settings import Settings, get_settings
-from .version import __version__
+from seedance_worker import errors, metrics
+from seedance_worker.models import CreateRequest, TaskList, TaskSnapshot
+from seedance_worker.settings import Settings, get_settings
+from seedance_worker.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .embedded import EmbeddedRedis
+from seedance_worker.testing.redis import EmbeddedRedis
 
 PROMPTS = [
     "A red fox trotting through fresh snow at dawn, cinematic",
@@ -123,7 +123,7 @@ def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 1
     prices.write_text(json.dumps({"*": {"default": "5.00", "flex": "2.50"}}, indent=2))
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
-    from .simulator import SimConfig, Simulator
+    from seedance_worker.testing.simulator import SimConfig, Simulator
 
     (root / "redis").mkdir(exist_ok=True)
     redis_server = EmbeddedRedis(workdir=str(root / "redis")).start()
@@ -175,9 +175,9 @@ def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 1
 
 
 def _reset() -> None:
-    from .client import reset_clients
-    from .settings import reset_settings_cache
-    from .store import reset_stores
+    from seedance_worker.client import reset_clients
+    from seedance_worker.engine.store import reset_stores
+    from seedance_worker.settings import reset_settings_cache
 
     reset_settings_cache()
     reset_clients()
@@ -207,11 +207,11 @@ def _drive(
     notifications: Path,
     receiver: _Receiver,
 ) -> int:
-    from .charge import list_ledger
-    from .errors import GenerationFailed
-    from .settings import get_settings
-    from .store import get_store
-    from .submit import submit
+    from seedance_worker.engine.store import get_store
+    from seedance_worker.errors import GenerationFailed
+    from seedance_worker.settings import get_settings
+    from seedance_worker.steps.charge import list_ledger
+    from seedance_worker.submit import submit
 
     console.print(
         f"[bold]seedance-worker demo[/]: embedded Redis, simulator, webhook receiver, worker -> {root}"

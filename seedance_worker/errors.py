@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .models import Outcome
+    from seedance_worker.models import Outcome
 
 __all__ = [
     "ApiError",
@@ -175,7 +175,7 @@ class GenerationFailed(TerminalError):
 
     @property
     def outcome(self) -> Outcome:
-        from .models import Outcome
+        from seedance_worker.models import Outcome
 
         return Outcome.model_validate(self._outcome)
 

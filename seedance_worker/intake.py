@@ -30,10 +30,10 @@ from typing import Any
 from urllib.parse import quote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from . import errors, metrics
-from .client import validate_task_id
-from .settings import Settings, get_settings
-from .store import PREFIX
+from seedance_worker import errors, metrics
+from seedance_worker.client import validate_task_id
+from seedance_worker.engine.store import PREFIX
+from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ class IntakeApp:
 
     def hint(self, task_id: str, status: str, updated_at: str) -> str:
         """Dedupe, then poll the job now; returns accepted | duplicate | unchanged | ignored."""
-        from .store import get_store
-        from .track import poll_now
+        from seedance_worker.engine.store import get_store
+        from seedance_worker.track import poll_now
 
         store = get_store(self.settings)
         key = dedupe_key(task_id, status, updated_at)
@@ -194,7 +194,7 @@ def make_intake_server(host: str, port: int, settings: Settings | None = None) -
 
 def serve_intake(host: str, port: int) -> None:
     """Serve the intake until SIGTERM or SIGINT (``seedance-worker intake``)."""
-    from . import logs
+    from seedance_worker import logs
 
     settings = get_settings()
     logs.setup_process_logging(settings=settings)

@@ -42,7 +42,7 @@ def secret_values(settings: Any = None) -> list[str]:
     """The configured secrets, as they could appear in a log line (raw and URL-quoted)."""
     if settings is None:
         try:
-            from .settings import get_settings
+            from seedance_worker.settings import get_settings
 
             settings = get_settings()
         except Exception:
@@ -129,7 +129,7 @@ class JsonFormatter(logging.Formatter):
         if task_id:
             doc["task_id"] = task_id
             doc["task_name"] = task_name
-        if record.name == "seedance_worker.poll":
+        if record.name == "seedance_worker.engine.poll":
             m = _POLL_LINE.match(message)
             if m:
                 doc["job_id"] = m["job_id"]
@@ -189,7 +189,7 @@ def configure(settings: Any = None, loggers: Iterable[logging.Logger] | None = N
     json_mode = False
     if settings is None:
         try:
-            from .settings import get_settings
+            from seedance_worker.settings import get_settings
 
             settings = get_settings()
         except Exception:
@@ -215,7 +215,7 @@ def setup_process_logging(level: int = logging.INFO, settings: Any = None) -> No
 
 def _json_enabled() -> bool:
     try:
-        from .settings import get_settings
+        from seedance_worker.settings import get_settings
 
         return bool(get_settings().log_json)
     except Exception:

@@ -177,12 +177,12 @@ class InflightCollector:
         if self._client is None:
             import redis
 
-            from .store import DUE
+            from seedance_worker.engine.store import DUE
 
             self.due_key = DUE
             url = self.redis_url
             if url is None:
-                from .settings import get_settings
+                from seedance_worker.settings import get_settings
 
                 url = get_settings().redis_url
             self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
@@ -317,7 +317,7 @@ def served_port() -> int | None:
 
 def _metrics_port() -> int | None:
     try:
-        from .settings import get_settings
+        from seedance_worker.settings import get_settings
 
         return get_settings().metrics_port
     except Exception:  # a bad setting stops the worker elsewhere, naming it

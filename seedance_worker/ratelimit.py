@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import redis
 
-from .settings import Settings
+from seedance_worker.settings import Settings
 
 PREFIX = "seedance:rl:"
 

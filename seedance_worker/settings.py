@@ -18,7 +18,7 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .errors import ConfigError
+from seedance_worker.errors import ConfigError
 
 ENV_PREFIX = "SEEDANCE_"
 
@@ -176,7 +176,7 @@ class Settings(BaseSettings):
 
     def price_per_million(self) -> dict[tuple[str, str], Decimal]:
         """Loaded lazily by charge_usage; the format is documented in the README."""
-        from .charge import load_price_table
+        from seedance_worker.steps.charge import load_price_table
 
         return load_price_table(self.price_table) if self.price_table else {}
 

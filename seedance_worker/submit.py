@@ -18,13 +18,13 @@ from celery import Task, shared_task
 from celery.result import AsyncResult
 from pydantic import ValidationError
 
-from . import errors
-from .client import get_client
-from .models import CreateRequest
-from .outage import survive_redis_outage
-from .settings import Settings, get_settings
-from .store import get_store, idem_key
-from .track import ChainSpec, track, validate_metadata
+from seedance_worker import errors
+from seedance_worker.client import get_client
+from seedance_worker.engine.store import get_store, idem_key
+from seedance_worker.models import CreateRequest
+from seedance_worker.outage import survive_redis_outage
+from seedance_worker.settings import Settings, get_settings
+from seedance_worker.track import ChainSpec, track, validate_metadata
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def submit(
     settings = settings or get_settings()
     validate_metadata(metadata, settings)
     if settings.intake_url and create_fields.get("callback_url") is None and settings.intake_token:
-        from .intake import callback_url_for
+        from seedance_worker.intake import callback_url_for
 
         create_fields["callback_url"] = callback_url_for(settings)
     req = build_request(model, content, **create_fields)

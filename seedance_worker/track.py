@@ -11,11 +11,11 @@ from typing import Any, TypeAlias
 from celery.canvas import Signature
 from celery.result import AsyncResult
 
-from . import errors
-from .client import validate_task_id
-from .schedule import Schedule
-from .settings import Settings, get_settings
-from .store import get_store
+from seedance_worker import errors
+from seedance_worker.client import validate_task_id
+from seedance_worker.engine.schedule import Schedule
+from seedance_worker.engine.store import get_store
+from seedance_worker.settings import Settings, get_settings
 
 ChainSpec: TypeAlias = str | Signature | dict[str, Any] | Sequence[str | Signature | dict[str, Any]] | None
 
@@ -95,8 +95,8 @@ def track(
     settings: Settings | None = None,
 ) -> AsyncResult:
     """Start tracking a remote task; a second call for the same id returns the first chain's handle."""
-    from .celeryapp import ensure_app
-    from .poll import _lease_after, poll, publish_poll
+    from seedance_worker.engine.poll import _lease_after, poll, publish_poll
+    from seedance_worker.wiring.app import ensure_app
 
     ensure_app()
     settings = settings or get_settings()
@@ -130,8 +130,8 @@ def track_many(
     With parking on, the first polls are parked for the workers' dispatcher instead of being
     published one by one here, so 10,000 ids take seconds; the dispatcher publishes them on time.
     """
-    from .celeryapp import ensure_app
-    from .poll import _lease_after, poll, publish_poll
+    from seedance_worker.engine.poll import _lease_after, poll, publish_poll
+    from seedance_worker.wiring.app import ensure_app
 
     settings = settings or get_settings()
     if len(task_ids) > settings.track_max_ids:
@@ -169,8 +169,8 @@ def poll_now(task_id: str, settings: Settings | None = None) -> bool:
     of it and the scheduled poll runs first advances the generation, and the other is dropped as
     stale, so this never forks the chain. A 429 ``not_before`` still holds.
     """
-    from .celeryapp import ensure_app
-    from .poll import publish_poll
+    from seedance_worker.engine.poll import publish_poll
+    from seedance_worker.wiring.app import ensure_app
 
     ensure_app()
     settings = settings or get_settings()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from seedance_worker.embedded import EmbeddedRedis
+from seedance_worker.testing.redis import EmbeddedRedis
 
 # Session-wide: the bundled Celery app reads these once, when it is first built.
 _BASE_ENV = {
@@ -92,8 +92,8 @@ def clean_redis(url: str) -> None:
 
 def _reset_caches() -> None:
     from seedance_worker.client import reset_clients
+    from seedance_worker.engine.store import reset_stores
     from seedance_worker.settings import reset_settings_cache
-    from seedance_worker.store import reset_stores
 
     reset_settings_cache()
     reset_clients()
@@ -112,7 +112,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 @pytest.fixture
 def sim(env: pytest.MonkeyPatch) -> Iterator[object]:
     """The Ark simulator on a free port, with SEEDANCE_API_BASE_URL pointing at it."""
-    from seedance_worker.simulator import Simulator
+    from seedance_worker.testing.simulator import Simulator
 
     s = Simulator().start()
     env.setenv("SEEDANCE_API_BASE_URL", s.base_url)

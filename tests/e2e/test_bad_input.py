@@ -23,14 +23,15 @@ import redis
 import seedance_worker
 from seedance_worker import errors
 from seedance_worker.client import get_client
-from seedance_worker.download import download_video
-from seedance_worker.embedded import free_port
+from seedance_worker.engine.store import get_store
 from seedance_worker.models import Outcome
 from seedance_worker.settings import get_settings
-from seedance_worker.simulator import SimConfig, Simulator
-from seedance_worker.store import get_store
+from seedance_worker.steps.download import download_video
 from seedance_worker.submit import submit
+from seedance_worker.testing.redis import free_port
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from seedance_worker.track import track_many
+from tests.conftest import _reset_caches, clean_redis
 from tests.support.bad_input_helpers import (
     API_KEY,
     CLI,
@@ -46,7 +47,6 @@ from tests.support.bad_input_helpers import (
     wait_for,
     worker_start_cmd,
 )
-from tests.conftest import _reset_caches, clean_redis
 from tests.support.workers import Workers, worker_env
 
 TEXT = [{"type": "text", "text": "a red fox in snow"}]

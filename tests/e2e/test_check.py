@@ -12,7 +12,7 @@ import pytest
 
 from seedance_worker.check import run_checks
 from seedance_worker.settings import load_settings
-from seedance_worker.simulator import SimConfig, Simulator
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.support.workers import worker_env
 
 KEY = "check-test-key-0123456789"

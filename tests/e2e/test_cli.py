@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from seedance_worker.embedded import free_port
+from seedance_worker.testing.redis import free_port
 
 CLI = str(Path(sys.executable).parent / "seedance-worker")
 

@@ -33,9 +33,9 @@ from celery import group
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import seedance_worker
-from seedance_worker.charge import charge_usage, entry_id, list_ledger
-from seedance_worker.simulator import SimConfig, Simulator
-from seedance_worker.store import JobRecord, get_store
+from seedance_worker.engine.store import JobRecord, get_store
+from seedance_worker.steps.charge import charge_usage, entry_id, list_ledger
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
 from tests.support.e2e_downstream_tasks import ENRICH_KEY
 from tests.support.workers import WorkerProcess, Workers

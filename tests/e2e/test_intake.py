@@ -23,7 +23,7 @@ from celery import shared_task
 import seedance_worker
 from seedance_worker import intake
 from seedance_worker.settings import get_settings
-from seedance_worker.simulator import SimConfig, Simulator
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
 from tests.support.workers import Workers, worker_env
 

@@ -16,7 +16,7 @@ from celery import shared_task
 import seedance_worker
 from seedance_worker import logs
 from seedance_worker.settings import get_settings, load_settings
-from seedance_worker.simulator import SimConfig, Simulator
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
 from tests.support.workers import Workers
 
@@ -103,7 +103,7 @@ def test_json_lines_with_task_ids_and_no_secrets_at_debug(json_worker: tuple[Sim
     assert any(r["level"] == "DEBUG" for r in records)
     assert any(r["logger"].startswith("celery") for r in records)
     # task ids on lines logged inside tasks and on Celery's task lines
-    polls = [r for r in records if r["logger"] == "seedance_worker.poll" and "job_id" in r]
+    polls = [r for r in records if r["logger"] == "seedance_worker.engine.poll" and "job_id" in r]
     assert polls and all(r["task_name"] == "seedance.poll" and r["task_id"] for r in polls)
     # the timeline of one job: try, status and the next countdown of every decision, then terminal
     timeline = [r for r in polls if r["job_id"] == ids[0]]

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import seedance_worker
 from seedance_worker import metrics
-from seedance_worker.simulator import SimConfig, Simulator
-from seedance_worker.store import get_store
+from seedance_worker.engine.store import get_store
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
 from tests.support.workers import Workers
 

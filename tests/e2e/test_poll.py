@@ -18,9 +18,9 @@ import redis
 from celery import chain, chord, group
 
 import seedance_worker
+from seedance_worker.engine.store import get_store
 from seedance_worker.errors import GenerationCancelled, GenerationExpired, GenerationFailed, TaskNotFound
-from seedance_worker.simulator import SimConfig, Simulator
-from seedance_worker.store import get_store
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.conftest import clean_redis
 from tests.support.e2e_tasks import CANVAS_KEY, RECORD_KEY
 from tests.support.workers import Workers, worker_env

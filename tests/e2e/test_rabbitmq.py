@@ -16,8 +16,8 @@ import pytest
 import redis
 
 import seedance_worker
-from seedance_worker.simulator import SimConfig, Simulator
-from seedance_worker.store import get_store
+from seedance_worker.engine.store import get_store
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
 from tests.support.workers import WorkerProcess, worker_env
 

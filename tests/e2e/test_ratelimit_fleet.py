@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import seedance_worker
-from seedance_worker.simulator import SimConfig, Simulator
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
 from tests.support.workers import Workers
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from seedance_worker import errors
-from seedance_worker.simulator import SimConfig, Simulator
 from seedance_worker.submit import create_once, submit
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches
 
 CLI = str(Path(sys.executable).parent / "seedance-worker")

@@ -46,8 +46,8 @@ from typing import Any
 import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from seedance_worker.embedded import EmbeddedRedis
-from seedance_worker.simulator import RequestRecord, SimConfig, Simulator
+from seedance_worker.testing.redis import EmbeddedRedis
+from seedance_worker.testing.simulator import RequestRecord, SimConfig, Simulator
 from tests.support.workers import WorkerProcess, Workers, worker_env
 
 TERMINAL = ("succeeded", "failed", "expired", "cancelled")
@@ -270,8 +270,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def _reset_product_caches() -> None:
     from seedance_worker.client import reset_clients
+    from seedance_worker.engine.store import reset_stores
     from seedance_worker.settings import reset_settings_cache
-    from seedance_worker.store import reset_stores
 
     reset_settings_cache()
     reset_clients()
@@ -301,8 +301,8 @@ def driver_app() -> Iterator[Any]:
     from celery import Celery, current_app
 
     from seedance_worker import install
-    from seedance_worker.config import celery_config
     from seedance_worker.settings import get_settings
+    from seedance_worker.wiring.conf import celery_config
 
     previous = current_app._get_current_object()
     app = Celery("seedance_faults_driver")
@@ -483,7 +483,7 @@ class FaultRun:
             )
             log.close()
             return
-        from seedance_worker.sweep import run_sweep
+        from seedance_worker.engine.sweep import run_sweep
 
         interval = float(self.cfg.env.get("SEEDANCE_SWEEP_INTERVAL_S", "1"))
 
@@ -822,9 +822,9 @@ class FaultRun:
         return lines[-n:]
 
     def check(self) -> dict[str, Any]:
-        from seedance_worker.charge import LEDGER, list_ledger
-        from seedance_worker.notify import delivery_key, webhook_id
-        from seedance_worker.store import get_store
+        from seedance_worker.engine.store import get_store
+        from seedance_worker.steps.charge import LEDGER, list_ledger
+        from seedance_worker.steps.notify import delivery_key, webhook_id
 
         assert self.sim is not None and self.receiver is not None
         failures: list[str] = []

@@ -12,7 +12,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from seedance_worker.charge import (
+from seedance_worker.engine.store import get_store, reset_stores
+from seedance_worker.errors import ConfigError
+from seedance_worker.models import Charge, Outcome
+from seedance_worker.settings import get_settings, reset_settings_cache
+from seedance_worker.steps.charge import (
     LEDGER,
     LEDGER_BY_TASK,
     charge_usage,
@@ -22,10 +26,6 @@ from seedance_worker.charge import (
     load_price_table,
     price_for,
 )
-from seedance_worker.errors import ConfigError
-from seedance_worker.models import Charge, Outcome
-from seedance_worker.settings import get_settings, reset_settings_cache
-from seedance_worker.store import get_store, reset_stores
 
 MODEL = "seedance-1-5-pro-251215"
 

@@ -10,7 +10,7 @@ import pytest
 from seedance_worker import errors
 from seedance_worker.client import ArkClient
 from seedance_worker.models import Status
-from seedance_worker.simulator import SimConfig, Simulator
+from seedance_worker.testing.simulator import SimConfig, Simulator
 
 KEY = "sk-live-SECRET-0123456789abcdef"
 

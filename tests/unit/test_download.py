@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from seedance_worker import download as download_mod
-from seedance_worker.download import download_video, host_allowed, redact, video_key
+from seedance_worker.engine.store import get_store
 from seedance_worker.errors import DownloadError
 from seedance_worker.models import Outcome, TaskSnapshot, VideoFile
 from seedance_worker.settings import get_settings, reset_settings_cache
-from seedance_worker.storage import LocalStorage, StorageBusy, file_name
-from seedance_worker.store import get_store
+from seedance_worker.steps import download as download_mod
+from seedance_worker.steps.download import download_video, host_allowed, redact, video_key
+from seedance_worker.steps.storage import LocalStorage, StorageBusy, file_name
 
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 1200  # ~300 KB, several chunks
 PNG = b"\x89PNG\r\n\x1a\n" + b"frame" * 100

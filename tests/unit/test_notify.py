@@ -18,10 +18,10 @@ import pytest
 from celery.exceptions import Retry
 from standardwebhooks import Webhook
 
+from seedance_worker.engine.store import get_store
 from seedance_worker.models import Outcome
-from seedance_worker.notify import NO_URL_ERROR, delivery_key, notify, webhook_id
 from seedance_worker.settings import get_settings, reset_settings_cache
-from seedance_worker.store import get_store
+from seedance_worker.steps.notify import NO_URL_ERROR, delivery_key, notify, webhook_id
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
@@ -162,7 +162,7 @@ def test_a_sender_killed_mid_request_is_resent_and_counted_in_doubt(
     # What a SIGKILL leaves behind: one attempt claimed, its in-flight deadline passed, no mark.
     then = time.time() - 30
     r.hset(delivery_key(wid), mapping={"first_at": then, "attempts": 1, "sending_until": then + 15})
-    with caplog.at_level(logging.WARNING, logger="seedance_worker.notify"):
+    with caplog.at_level(logging.WARNING, logger="seedance_worker.steps.notify"):
         result = notify(make_outcome(tid))
     assert result["notification"]["delivered"] is True and result["notification"]["attempts"] == 2
     assert [h["webhook-id"] for h, _, _ in receiver.received] == [wid]
@@ -246,7 +246,7 @@ def test_no_url_is_recorded_as_not_sent(env: pytest.MonkeyPatch, receiver: Recei
 def test_unsigned_without_a_secret(
     env: pytest.MonkeyPatch, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import seedance_worker.notify as notify_mod
+    import seedance_worker.steps.notify as notify_mod
 
     env.setattr(notify_mod, "_warned_unsigned", False)
     configure(env, receiver.url, secret=None)

@@ -1,4 +1,4 @@
-"""The poll schedule, one rule per test (seedance_worker/schedule.py docstring)."""
+"""The poll schedule, one rule per test (seedance_worker/engine/schedule.py docstring)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import random
 import pytest
 
 from seedance_worker import errors
+from seedance_worker.engine.poll import Finish, Reschedule, decide, wait_for_not_before
+from seedance_worker.engine.schedule import Schedule
+from seedance_worker.engine.store import JobRecord
 from seedance_worker.models import TaskSnapshot
-from seedance_worker.poll import Finish, Reschedule, decide, wait_for_not_before
-from seedance_worker.schedule import Schedule
-from seedance_worker.store import JobRecord
 
 S = Schedule(first_delay_s=1, min_interval_s=2, max_interval_s=30, queued_interval_s=10,
              running_interval_s=4, backoff_factor=1.5, deadline_grace_s=900, countdown_cap_s=300)  # fmt: skip

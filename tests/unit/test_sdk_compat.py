@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from seedance_worker.simulator import SimConfig, Simulator
+from seedance_worker.testing.simulator import SimConfig, Simulator
 
 ark = pytest.importorskip("byteplussdkarkruntime")
 ark_exc = pytest.importorskip("byteplussdkarkruntime._exceptions")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from seedance_worker.simulator import SimConfig, Simulator, make_mp4
+from seedance_worker.testing.simulator import SimConfig, Simulator, make_mp4
 
 TASKS = "/contents/generations/tasks"
 MODEL_20 = "dreamina-seedance-2-0-260128"
@@ -591,7 +591,7 @@ def test_keep_alive_throughput(sim: Simulator, http: requests.Session) -> None:
 def test_serve_forever_cli_prints_and_stops_on_sigterm() -> None:
     """serve_forever_cli prints the listening line and exits cleanly on SIGTERM."""
     code = (
-        "from seedance_worker.simulator import SimConfig, serve_forever_cli;"
+        "from seedance_worker.testing.simulator import SimConfig, serve_forever_cli;"
         "serve_forever_cli('127.0.0.1', 0, SimConfig())"
     )
     root = str(Path(__file__).resolve().parents[2])

@@ -23,8 +23,8 @@ import threading
 import time
 from typing import Any
 
-from .settings import Settings, get_settings
-from .store import PARKED, get_store, job_key
+from seedance_worker.engine.store import PARKED, get_store, job_key
+from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def dispatch_due(settings: Settings | None = None, *, horizon_s: float | None = 
     """Publish every parked poll due within ``horizon_s``; return how many were published."""
     import json
 
-    from .poll import publish_poll
+    from seedance_worker.engine.poll import publish_poll
 
     settings = settings or get_settings()
     store = get_store(settings)
@@ -94,7 +94,7 @@ class Dispatcher:
         self.thread.join(timeout_s)
 
     def _loop(self) -> None:
-        from .sweep import run_sweep
+        from seedance_worker.engine.sweep import run_sweep
 
         interval = min(self.settings.dispatch_interval_s, self.settings.sweep_interval_s)
         dispatching = self.settings.poll_park_after_s > 0

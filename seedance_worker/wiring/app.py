@@ -11,14 +11,20 @@ from typing import Any
 from celery import Celery, signals
 from celery.signals import worker_init
 
-from . import compat as _compat  # noqa: F401  (kombu work-around, see compat.py)
-
 # Imported for their signal handlers (metrics endpoint, JSON/redacted logs) in every worker.
-from . import logs as _logs  # noqa: F401
-from . import metrics as _metrics  # noqa: F401
-from .config import POLL_TASKS, POST_TASKS, TASK_MODULES, beat_schedule, celery_config, routes
-from .errors import ConfigError
-from .settings import Settings, get_settings
+from seedance_worker import logs as _logs  # noqa: F401
+from seedance_worker import metrics as _metrics  # noqa: F401
+from seedance_worker.errors import ConfigError
+from seedance_worker.settings import Settings, get_settings
+from seedance_worker.wiring import compat as _compat  # noqa: F401  (kombu work-around, see compat.py)
+from seedance_worker.wiring.conf import (
+    POLL_TASKS,
+    POST_TASKS,
+    TASK_MODULES,
+    beat_schedule,
+    celery_config,
+    routes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +175,14 @@ def _refuse_bad_start(sender: Any = None, **_: Any) -> None:
 def _start_dispatcher(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     if app is not None and id(app) in _INSTALLED:
-        from .dispatch import start_dispatcher
+        from seedance_worker.engine.dispatch import start_dispatcher
 
         start_dispatcher()
 
 
 @signals.worker_shutdown.connect
 def _stop_dispatcher(**_: Any) -> None:
-    from .dispatch import stop_dispatcher
+    from seedance_worker.engine.dispatch import stop_dispatcher
 
     stop_dispatcher()
 
@@ -184,8 +190,8 @@ def _stop_dispatcher(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     # Pools inherited over fork share sockets with the parent; each child opens its own.
-    from .client import reset_clients
-    from .store import reset_stores
+    from seedance_worker.client import reset_clients
+    from seedance_worker.engine.store import reset_stores
 
     reset_clients(close=False)
     reset_stores()

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from .client import validate_task_id
-from .errors import DownloadError
+from seedance_worker.client import validate_task_id
+from seedance_worker.errors import DownloadError
 
 PART_SUFFIX = ".part"
 

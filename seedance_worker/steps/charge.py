@@ -32,12 +32,12 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from . import metrics
-from .errors import ConfigError
-from .models import Charge, Outcome
-from .outage import survive_redis_outage
-from .settings import Settings, get_settings
-from .store import PREFIX, get_store
+from seedance_worker import metrics
+from seedance_worker.engine.store import PREFIX, get_store
+from seedance_worker.errors import ConfigError
+from seedance_worker.models import Charge, Outcome
+from seedance_worker.outage import survive_redis_outage
+from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

@@ -6,16 +6,16 @@ from typing import Any
 
 from kombu.entity import Queue
 
-from .settings import Settings
+from seedance_worker.settings import Settings
 
 TASK_MODULES = [
-    "seedance_worker.poll",
+    "seedance_worker.engine.poll",
     "seedance_worker.submit",
-    "seedance_worker.handoff",
-    "seedance_worker.download",
-    "seedance_worker.charge",
-    "seedance_worker.notify",
-    "seedance_worker.sweep",
+    "seedance_worker.engine.handoff",
+    "seedance_worker.steps.download",
+    "seedance_worker.steps.charge",
+    "seedance_worker.steps.notify",
+    "seedance_worker.engine.sweep",
 ]
 
 POLL_TASKS = ("seedance.poll", "seedance.submit", "seedance.sweep")

@@ -21,14 +21,14 @@ from celery import Task, shared_task, signature
 from celery.exceptions import Ignore
 from pydantic import BaseModel, ConfigDict
 
-from . import errors, metrics
-from .client import get_client, validate_task_id
-from .models import Outcome, TaskSnapshot
-from .outage import survive_redis_outage
-from .ratelimit import Permit, RateLimiter, limiter_keys
-from .schedule import Schedule, Uniform
-from .settings import Settings, get_settings
-from .store import JobRecord, JobStore, get_store
+from seedance_worker import errors, metrics
+from seedance_worker.client import get_client, validate_task_id
+from seedance_worker.engine.schedule import Schedule, Uniform
+from seedance_worker.engine.store import JobRecord, JobStore, get_store
+from seedance_worker.models import Outcome, TaskSnapshot
+from seedance_worker.outage import survive_redis_outage
+from seedance_worker.ratelimit import Permit, RateLimiter, limiter_keys
+from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class _Poller:
         gen = self.opts.gen
         if gen is None:
             # Entered from a user's canvas (poll.s(id)): adopt the job, or follow its live chain.
-            from .track import registration_fields
+            from seedance_worker.track import registration_fields
 
             fields = registration_fields(
                 self.settings,
@@ -413,7 +413,7 @@ class _Poller:
         snap: TaskSnapshot | None,
         now: float,
     ) -> dict[str, Any]:
-        from .handoff import fire_handoff, handoff_lease_at
+        from seedance_worker.engine.handoff import fire_handoff, handoff_lease_at
 
         snapshot = snap.model_dump(mode="json", exclude_none=True) if snap is not None else None
         polls = record.polls + (1 if snap is not None or decision.status == "not_found" else 0)

@@ -43,17 +43,17 @@ import requests
 import urllib3
 from celery import Task, shared_task
 
-from . import metrics
-from .client import get_client
-from .errors import DownloadError, RateLimited, RetryableError, SeedanceError
-from .handoff import extend_lease
-from .models import Outcome, TaskSnapshot, VideoFile
-from .outage import survive_redis_outage
-from .ratelimit import RateLimiter
-from .settings import Settings, get_settings
-from .storage import LocalStorage, PartialFile, Storage, StorageBusy, file_name
-from .store import PREFIX, get_store
-from .version import __version__
+from seedance_worker import metrics
+from seedance_worker.client import get_client
+from seedance_worker.engine.handoff import extend_lease
+from seedance_worker.engine.store import PREFIX, get_store
+from seedance_worker.errors import DownloadError, RateLimited, RetryableError, SeedanceError
+from seedance_worker.models import Outcome, TaskSnapshot, VideoFile
+from seedance_worker.outage import survive_redis_outage
+from seedance_worker.ratelimit import RateLimiter
+from seedance_worker.settings import Settings, get_settings
+from seedance_worker.steps.storage import LocalStorage, PartialFile, Storage, StorageBusy, file_name
+from seedance_worker.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any
 from celery import chain, current_app, shared_task, signature
 from celery.canvas import Signature
 
-from .outage import survive_redis_outage
-from .settings import Settings, get_settings
-from .store import JobRecord, get_store
+from seedance_worker.engine.store import JobRecord, get_store
+from seedance_worker.outage import survive_redis_outage
+from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

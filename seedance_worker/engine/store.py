@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from .settings import Settings, get_settings
+from seedance_worker.settings import Settings, get_settings
 
 PREFIX = "seedance:"
 JOBS = PREFIX + "jobs"

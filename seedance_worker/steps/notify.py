@@ -39,13 +39,13 @@ import requests
 from celery import Task, shared_task
 from standardwebhooks.webhooks import Webhook
 
-from .download import redact
-from .handoff import extend_lease
-from .models import Notification, Outcome
-from .outage import survive_redis_outage, until_redis_answers
-from .settings import Settings, get_settings
-from .store import PREFIX, get_store
-from .version import __version__
+from seedance_worker.engine.handoff import extend_lease
+from seedance_worker.engine.store import PREFIX, get_store
+from seedance_worker.models import Notification, Outcome
+from seedance_worker.outage import survive_redis_outage, until_redis_answers
+from seedance_worker.settings import Settings, get_settings
+from seedance_worker.steps.download import redact
+from seedance_worker.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import ConfigError
+from seedance_worker.errors import ConfigError
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
-from .settings import Settings
+from seedance_worker.settings import Settings
 
 DEFAULT_EXPIRES_AFTER_S = 172_800  # the API's default execution_expires_after (48 h)
 

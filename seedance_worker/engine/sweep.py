@@ -16,9 +16,9 @@ import time
 
 from celery import shared_task
 
-from .outage import survive_redis_outage
-from .settings import Settings, get_settings
-from .store import DUE, JOBS, get_store, job_key
+from seedance_worker.engine.store import DUE, JOBS, get_store, job_key
+from seedance_worker.outage import survive_redis_outage
+from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ return out
 
 def run_sweep(settings: Settings | None = None, *, now: float | None = None, limit: int = 1000) -> int:
     """Re-drive every overdue job once; return how many were re-adopted."""
-    from .handoff import fire_handoff
-    from .poll import _lease_after, publish_poll
+    from seedance_worker.engine.handoff import fire_handoff
+    from seedance_worker.engine.poll import _lease_after, publish_poll
 
     settings = settings or get_settings()
     store = get_store(settings)

@@ -86,10 +86,10 @@ def seed(items: list[tuple[str, float]], snapshot: dict[str, Any], park: bool) -
     ``poll._again`` sends) with parking OFF. Skips only the first poll's GET. Returns seconds."""
     import dataclasses
 
-    from seedance_worker.engine.poll import _lease_after, publish_poll
+    from seedance_worker.engine.jobs import publish_poll, registration_fields
+    from seedance_worker.engine.schedule import waiting_lease
     from seedance_worker.engine.store import JobRecord, get_store
     from seedance_worker.settings import get_settings
-    from seedance_worker.track import registration_fields
     from seedance_worker.wiring.app import ensure_app
 
     ensure_app()
@@ -101,7 +101,7 @@ def seed(items: list[tuple[str, float]], snapshot: dict[str, Any], park: bool) -
     for tid, due in items:
         now = time.time()
         owner = str(uuid.uuid4())
-        store.register(tid, owner, now=now, lease_at=_lease_after(settings, 1.0, now), fields=fields)
+        store.register(tid, owner, now=now, lease_at=waiting_lease(settings, 1.0, now), fields=fields)
         adv: dict[str, Any] = {
             "status": "queued", "status_polls": 1, "error_streak": 0, "last_error": None,
             "polls": 1, "next_due_at": due, "updated_at": now,
@@ -112,7 +112,7 @@ def seed(items: list[tuple[str, float]], snapshot: dict[str, Any], park: bool) -
             adv["created_at"] = snapshot.get("created_at")
             adv["expires_after"] = snapshot.get("execution_expires_after")
         store.advance(
-            tid, 1, lease_at=_lease_after(settings, due - now, now), fields=adv, park_at=due if park else 0.0
+            tid, 1, lease_at=waiting_lease(settings, due - now, now), fields=adv, park_at=due if park else 0.0
         )
         if not park:
             publish_poll(tid, gen=2, countdown_s=max(0.0, due - time.time()), celery_id=owner, settings=settings)

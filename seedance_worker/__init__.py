@@ -6,7 +6,7 @@ and the ``errors`` module. ``celery -A seedance_worker worker`` finds the bundle
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from seedance_worker import errors
 
@@ -19,10 +19,7 @@ from seedance_worker.settings import Settings, get_settings
 from seedance_worker.submit import submit
 from seedance_worker.track import track
 from seedance_worker.version import __version__
-from seedance_worker.wiring.app import install
-
-if TYPE_CHECKING:
-    from celery import Celery
+from seedance_worker.wiring.app import bundled_app, install
 
 __all__ = [
     "GenerationCancelled",
@@ -43,16 +40,8 @@ __all__ = [
     "track",
 ]
 
-_app: Celery | None = None
-
-
 def __getattr__(name: str) -> Any:
-    # Lazy, so `import seedance_worker.testing.simulator` (or the CLI's --help) needs no valid settings.
-    global _app
+    # Lazy, so `import seedance_worker.testing.simulator` (or the CLI's --help) needs no settings.
     if name in ("app", "celery"):
-        if _app is None:
-            from seedance_worker.wiring.app import create_app
-
-            _app = create_app()
-        return _app
+        return bundled_app()
     raise AttributeError(f"module 'seedance_worker' has no attribute {name!r}")

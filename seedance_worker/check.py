@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 
-from seedance_worker import errors
+from seedance_worker import connections, errors
+from seedance_worker.client import get_client
+from seedance_worker.intake import callback_url_for
 from seedance_worker.settings import Settings, get_settings
 
 
@@ -13,13 +15,11 @@ def run_checks(settings: Settings | None = None) -> list[str]:
     settings = settings or get_settings()
     problems: list[str] = []
     try:
-        from seedance_worker.engine.store import get_store
-
-        get_store(settings).r.ping()
+        connections.get_redis(settings).ping()
     except Exception as exc:  # any failure here is the answer, not a crash
         problems.append(f"Redis unusable (SEEDANCE_REDIS_URL): {type(exc).__name__}: {exc}")
     try:
-        from seedance_worker.client import get_client
+
 
         get_client(settings).list_tasks(page_size=1)
     except errors.ConfigError as exc:
@@ -38,7 +38,7 @@ def run_checks(settings: Settings | None = None) -> list[str]:
         problems.append(f"download dir unusable (SEEDANCE_DOWNLOAD_DIR={d}): {exc.strerror or exc}")
     if settings.intake_url or settings.intake_token:
         try:
-            from seedance_worker.intake import callback_url_for
+
 
             callback_url_for(settings)
         except errors.ConfigError as exc:

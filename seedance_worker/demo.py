@@ -27,7 +27,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from seedance_worker.engine.store import get_store
+from seedance_worker.errors import GenerationFailed
+from seedance_worker.settings import get_settings
+from seedance_worker.steps.charge import list_ledger
+from seedance_worker.submit import submit
 from seedance_worker.testing.redis import EmbeddedRedis
+from seedance_worker.testing.simulator import SimConfig, Simulator
+from seedance_worker.wiring.app import reset_caches
 
 PROMPTS = [
     "A red fox trotting through fresh snow at dawn, cinematic",
@@ -123,8 +130,6 @@ def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 1
     prices.write_text(json.dumps({"*": {"default": "5.00", "flex": "2.50"}}, indent=2))
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
-    from seedance_worker.testing.simulator import SimConfig, Simulator
-
     (root / "redis").mkdir(exist_ok=True)
     redis_server = EmbeddedRedis(workdir=str(root / "redis")).start()
     sim = Simulator(config=SimConfig(queued_s=1.0, running_s=2.5)).start()
@@ -147,7 +152,7 @@ def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 1
     for name in [n for n in os.environ if n.upper().startswith("SEEDANCE_")]:
         del os.environ[name]
     os.environ.update(env)
-    _reset()
+    reset_caches()
 
     worker_log = root / "worker.log"
     worker = subprocess.Popen(
@@ -174,16 +179,6 @@ def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 1
         redis_server.stop()
 
 
-def _reset() -> None:
-    from seedance_worker.client import reset_clients
-    from seedance_worker.engine.store import reset_stores
-    from seedance_worker.settings import reset_settings_cache
-
-    reset_settings_cache()
-    reset_clients()
-    reset_stores()
-
-
 def _wait_ready(worker: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -207,11 +202,6 @@ def _drive(
     notifications: Path,
     receiver: _Receiver,
 ) -> int:
-    from seedance_worker.engine.store import get_store
-    from seedance_worker.errors import GenerationFailed
-    from seedance_worker.settings import get_settings
-    from seedance_worker.steps.charge import list_ledger
-    from seedance_worker.submit import submit
 
     console.print(
         f"[bold]seedance-worker demo[/]: embedded Redis, simulator, webhook receiver, worker -> {root}"

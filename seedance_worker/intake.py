@@ -30,10 +30,11 @@ from typing import Any
 from urllib.parse import quote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from seedance_worker import errors, metrics
+from seedance_worker import connections, errors, keys, logs, metrics
 from seedance_worker.client import validate_task_id
-from seedance_worker.engine.store import PREFIX
+from seedance_worker.engine.store import get_store, scrape_counts
 from seedance_worker.settings import Settings, get_settings
+from seedance_worker.track import poll_now
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ StartResponse = Callable[..., Any]
 
 
 def dedupe_key(task_id: str, status: str, updated_at: str) -> str:
-    return f"{PREFIX}intake:{task_id}:{status}:{updated_at}"
+    return keys.intake(task_id, status, updated_at)
 
 
 def _token(settings: Settings) -> str:
@@ -125,12 +126,10 @@ class IntakeApp:
 
     def hint(self, task_id: str, status: str, updated_at: str) -> str:
         """Dedupe, then poll the job now; returns accepted | duplicate | unchanged | ignored."""
-        from seedance_worker.engine.store import get_store
-        from seedance_worker.track import poll_now
-
         store = get_store(self.settings)
         key = dedupe_key(task_id, status, updated_at)
-        if not store.r.set(key, "1", nx=True, ex=DEDUPE_TTL_S):
+        r = connections.get_redis(self.settings)
+        if not r.set(key, "1", nx=True, ex=DEDUPE_TTL_S):
             return "duplicate"
         try:
             record = store.get(task_id)
@@ -141,7 +140,7 @@ class IntakeApp:
                 return "unchanged"
             polled = poll_now(task_id, self.settings)
         except BaseException:
-            store.r.delete(key)  # not acted on: a retried callback may try again
+            r.delete(key)  # not acted on: a retried callback may try again
             raise
         return "accepted" if polled else "ignored"
 
@@ -194,8 +193,6 @@ def make_intake_server(host: str, port: int, settings: Settings | None = None) -
 
 def serve_intake(host: str, port: int) -> None:
     """Serve the intake until SIGTERM or SIGINT (``seedance-worker intake``)."""
-    from seedance_worker import logs
-
     settings = get_settings()
     logs.setup_process_logging(settings=settings)
     try:
@@ -204,7 +201,7 @@ def serve_intake(host: str, port: int) -> None:
         raise errors.ConfigError(f"intake cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     if settings.metrics_port is not None:
         try:
-            metrics.start_server(settings.metrics_port, redis_url=settings.redis_url)
+            metrics.start_server(settings.metrics_port, inflight=scrape_counts(settings.redis_url))
         except OSError as exc:
             server.server_close()
             where = f"SEEDANCE_METRICS_PORT={settings.metrics_port}"

@@ -26,8 +26,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from celery import signals
-
 REDACTED = "[redacted]"
 
 _URL_QUERY = re.compile(r"(?P<base>\bhttps?://[^\s?#'\"<>\\]+)\?[^\s'\"<>#\\]*")
@@ -225,8 +223,7 @@ def _json_enabled() -> bool:
 _early_handler: logging.Handler | None = None
 
 
-@signals.celeryd_init.connect
-def _json_from_the_start(sender: Any = None, instance: Any = None, **_: Any) -> None:
+def json_from_the_start(instance: Any = None) -> None:
     """Worker only, before anything is printed: no banner, and start-up warnings as JSON lines.
 
     The start banner and Celery's start-up warnings (e.g. running as root) come before Celery sets up
@@ -246,31 +243,10 @@ def _json_from_the_start(sender: Any = None, instance: Any = None, **_: Any) -> 
         logging.captureWarnings(True)
 
 
-def _drop_early_handler() -> None:
+def drop_early_handler() -> None:
     global _early_handler
     if _early_handler is not None:
         warn_log = logging.getLogger("py.warnings")
         warn_log.removeHandler(_early_handler)
         warn_log.propagate = True
         _early_handler = None
-
-
-@signals.after_setup_logger.connect
-def _after_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
-    # The root logger, plus Celery's multiprocessing logger and any other logger with handlers.
-    _drop_early_handler()
-    configure()
-
-
-@signals.after_setup_task_logger.connect
-def _after_setup_task_logger(logger: logging.Logger | None = None, **_: Any) -> None:
-    configure(loggers=[logger] if logger is not None else None)
-
-
-@signals.celeryd_after_setup.connect
-def _after_worker_setup(**_: Any) -> None:
-    # A host app that configures logging itself (a ``setup_logging`` receiver, e.g. Django's dictConfig)
-    # gets no after_setup_* signals: apply the same rules to its handlers once the worker is set up,
-    # before the pool forks.
-    _drop_early_handler()
-    configure()

@@ -29,14 +29,15 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from celery import signals
+from seedance_worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -166,37 +167,21 @@ def intake_callback(result: str) -> None:
 # --- in-flight jobs, read from Redis at scrape time ------------------------------------------------
 
 
+InflightCounts = Callable[[float], tuple[int, int]]
+
+
 class InflightCollector:
-    """``seedance_jobs_inflight`` (ZCARD of the due index) and ``seedance_jobs_lease_expired``."""
+    """``seedance_jobs_inflight`` and ``seedance_jobs_lease_expired``, read at scrape time from
+    ``counts(now)`` (the job store's, handed in by the worker wiring)."""
 
-    def __init__(self, redis_url: str | None = None) -> None:
-        self.redis_url = redis_url
-        self._client: Any = None
-
-    def _redis(self) -> Any:
-        if self._client is None:
-            import redis
-
-            from seedance_worker.engine.store import DUE
-
-            self.due_key = DUE
-            url = self.redis_url
-            if url is None:
-                from seedance_worker.settings import get_settings
-
-                url = get_settings().redis_url
-            self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        return self._client
+    def __init__(self, counts: InflightCounts) -> None:
+        self.counts = counts
 
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
         try:
-            r = self._redis()
-            pipe = r.pipeline(transaction=False)
-            pipe.zcard(self.due_key)
-            pipe.zcount(self.due_key, "-inf", time.time())
-            inflight, expired = pipe.execute()
+            inflight, expired = self.counts(time.time())
         except Exception as exc:
             log.debug("metrics: cannot read the due index: %s", exc)
             return []
@@ -262,7 +247,7 @@ def enable_multiprocess() -> str:
     return path
 
 
-def serving_registry(redis_url: str | None = None) -> Any:
+def serving_registry(inflight: InflightCounts | None = None) -> Any:
     """What the endpoint shows: the merged per-process files (multiprocess) or this process."""
     from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -274,17 +259,18 @@ def serving_registry(redis_url: str | None = None) -> Any:
     else:
         registry = REGISTRY
         _m()  # the metric families exist (at zero) from the first scrape on
-    registry.register(InflightCollector(redis_url))
+    if inflight is not None:
+        registry.register(InflightCollector(inflight))
     return registry
 
 
-def start_server(port: int, addr: str = "0.0.0.0", redis_url: str | None = None) -> int:
+def start_server(port: int, addr: str = "0.0.0.0", inflight: InflightCounts | None = None) -> int:
     """Serve ``/metrics`` on ``port`` (0: any free port) from a daemon thread; returns the port."""
     from prometheus_client import start_http_server
 
     if _state.server is not None:
         return int(_state.port or 0)
-    server, thread = start_http_server(port, addr=addr, registry=serving_registry(redis_url))
+    server, thread = start_http_server(port, addr=addr, registry=serving_registry(inflight))
     _state.server, _state.thread = server, thread
     _state.port = int(server.server_address[1])
     _state.pid = os.getpid()
@@ -312,29 +298,25 @@ def served_port() -> int | None:
     return _state.port
 
 
-# --- worker wiring (celeryapp.py imports this module, so these connect in every worker) -----------
+# --- what the worker's signal handlers call (wiring/signals.py) ----------------------------------
 
 
-def _metrics_port() -> int | None:
+def metrics_port() -> int | None:
     try:
-        from seedance_worker.settings import get_settings
-
         return get_settings().metrics_port
     except Exception:  # a bad setting stops the worker elsewhere, naming it
         return None
 
 
-@signals.worker_init.connect
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    port = _metrics_port()
+def start_for_worker(inflight: InflightCounts | None = None) -> None:
+    """Main process, before the pool forks: serve the merged view, or refuse to start naming why."""
+    port = metrics_port()
     if port is None:
         return
     path = enable_multiprocess()
     try:
-        bound = start_server(port)
+        bound = start_server(port, inflight=inflight)
     except OSError as exc:
-        import sys
-
         print(
             f"seedance-worker: refusing to start: cannot serve metrics on SEEDANCE_METRICS_PORT={port}: "
             f"{exc.strerror or exc}",
@@ -346,15 +328,13 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     log.debug("metrics on :%d/metrics (multiprocess dir %s)", bound, path)
 
 
-@signals.worker_ready.connect
-def _on_worker_ready(**_: Any) -> None:
+def announce() -> None:
     # Logging is configured after worker_init; say where the metrics are once it is.
     if _state.port is not None and _state.pid == os.getpid():
         log.info("metrics on :%d/metrics (multiprocess dir %s)", _state.port, os.environ.get(MULTIPROC_ENV))
 
 
-@signals.worker_process_shutdown.connect
-def _on_child_exit(pid: int | None = None, **_: Any) -> None:
+def child_exited(pid: int | None) -> None:
     if not multiprocess_enabled():
         return
     try:
@@ -365,13 +345,7 @@ def _on_child_exit(pid: int | None = None, **_: Any) -> None:
         log.debug("mark_process_dead failed", exc_info=True)
 
 
-@signals.worker_shutdown.connect
-def _on_worker_shutdown(**_: Any) -> None:
-    stop_server()
-
-
-@signals.task_prerun.connect
-def _on_task_prerun(task: Any = None, **_: Any) -> None:
+def task_started(task: Any) -> None:
     """The first downstream task of a hand-off carries ``seedance_terminal_at`` (handoff.py)."""
     request = getattr(task, "request", None)
     terminal_at = getattr(request, "seedance_terminal_at", None)

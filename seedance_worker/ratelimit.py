@@ -19,41 +19,8 @@ from dataclasses import dataclass
 
 import redis
 
+from seedance_worker import keys, scripts
 from seedance_worker.settings import Settings
-
-PREFIX = "seedance:rl:"
-
-# KEYS[1]=tat KEYS[2]=cooldown; ARGV: emission interval us, burst tolerance us (0 = limiter off)
-# -> {wait_us, kind}: kind 0 = go now, 1 = reserved slot in wait_us, 2 = cooling down for wait_us
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cool > now then return {math.ceil(cool - now), 2} end
-local interval = tonumber(ARGV[1])
-if interval <= 0 then return {0, 0} end
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local wait = tat - tonumber(ARGV[2]) - now
-if wait < 0 then wait = 0 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-if wait > 0 then return {math.max(1, math.ceil(wait)), 1} end
-return {0, 0}
-"""
-
-# KEYS[1]=cooldown; ARGV: seconds -> the cool-down end (us); only ever extended
-_COOL = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local until_us = now + math.ceil(tonumber(ARGV[1]) * 1000000)
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if until_us > cur then
-  redis.call('SET', KEYS[1], string.format('%.0f', until_us), 'PX', math.ceil((until_us - now) / 1000) + 1000)
-  return until_us
-end
-return cur
-"""
 
 
 @dataclass(frozen=True)
@@ -66,7 +33,7 @@ def limiter_keys(settings: Settings) -> tuple[str, str]:
     """(tat, cooldown) keys: one limiter per API key and host; the key itself is only ever hashed."""
     secret = settings.api_key.get_secret_value() if settings.api_key else ""
     key = hashlib.sha256(f"{settings.api_base_url}\0{secret}".encode()).hexdigest()[:16]
-    return f"{PREFIX}{key}:tat", f"{PREFIX}{key}:cooldown"
+    return keys.rate_limit(key)
 
 
 class RateLimiter:
@@ -75,8 +42,8 @@ class RateLimiter:
         rps = settings.rate_limit_rps
         self.interval_us = int(1_000_000 / rps) if rps > 0 else 0
         self.tolerance_us = self.interval_us * max(0, settings.rate_limit_burst - 1)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._cool = client.register_script(_COOL)
+        self._acquire = scripts.load(client, "seedance_worker", "acquire")
+        self._cool = scripts.load(client, "seedance_worker", "cool_down")
 
     def __repr__(self) -> str:
         return f"RateLimiter(interval_us={self.interval_us})"

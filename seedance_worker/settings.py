@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -173,12 +172,6 @@ class Settings(BaseSettings):
         if self.api_key is None or not self.api_key.get_secret_value():
             raise ConfigError("SEEDANCE_API_KEY is not set")
         return self.api_key.get_secret_value()
-
-    def price_per_million(self) -> dict[tuple[str, str], Decimal]:
-        """Loaded lazily by charge_usage; the format is documented in the README."""
-        from seedance_worker.steps.charge import load_price_table
-
-        return load_price_table(self.price_table) if self.price_table else {}
 
 
 class _ExplicitSettings(Settings):

@@ -18,35 +18,17 @@ from celery import Task, shared_task
 from celery.result import AsyncResult
 from pydantic import ValidationError
 
-from seedance_worker import errors
+from seedance_worker import connections, errors, keys, scripts
 from seedance_worker.client import get_client
-from seedance_worker.engine.store import get_store, idem_key
+from seedance_worker.engine.jobs import ChainSpec, validate_metadata
 from seedance_worker.models import CreateRequest
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.settings import Settings, get_settings
-from seedance_worker.track import ChainSpec, track, validate_metadata
+from seedance_worker.track import track
 
 log = logging.getLogger(__name__)
 
 IDEM_TTL_S = 8 * 86400  # the API keeps tasks 7 days; the key must outlive them
-
-# KEYS[1]=idem key; ARGV: token, now, ttl -> {state, remote_id or '', token}
-_CLAIM = """
-local cur = redis.call('HMGET', KEYS[1], 'state', 'remote_id', 'token', 'claimed_at')
-if not cur[1] or cur[1] == 'released' then
-  redis.call('HSET', KEYS[1], 'state', 'posting', 'token', ARGV[1], 'claimed_at', ARGV[2], 'remote_id', '')
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-  return {'claimed', '', ARGV[1], ARGV[2]}
-end
-return {cur[1], cur[2] or '', cur[3] or '', cur[4] or ''}
-"""
-
-# KEYS[1]=idem key; ARGV: token, new_state, remote_id, error
-_SETTLE = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'remote_id', ARGV[3], 'error', ARGV[4])
-return 1
-"""
 
 
 def build_request(model: str, content: Any, **create_fields: Any) -> CreateRequest:
@@ -62,14 +44,14 @@ def build_request(model: str, content: Any, **create_fields: Any) -> CreateReque
 
 def create_once(req: CreateRequest, key: str, settings: Settings) -> str:
     """POST ``req`` unless ``key`` already made (or is making) a task; return the remote id."""
-    r = get_store(settings).r
-    claim = r.register_script(_CLAIM)
-    settle = r.register_script(_SETTLE)
+    r = connections.get_redis(settings)
+    claim = scripts.load(r, "seedance_worker", "submit_claim")
+    settle = scripts.load(r, "seedance_worker", "submit_settle")
     token = uuid.uuid4().hex
     wait_until = time.time() + settings.http_connect_timeout_s + settings.http_read_timeout_s + 5
     while True:
         state, remote_id, _owner, claimed_at = claim(
-            keys=[idem_key(key)], args=[token, time.time(), IDEM_TTL_S]
+            keys=[keys.idempotency(key)], args=[token, time.time(), IDEM_TTL_S]
         )
         if state == "created" and remote_id:
             log.info("submit key=%s already created %s: tracking it, not posting again", key, remote_id)
@@ -91,14 +73,14 @@ def create_once(req: CreateRequest, key: str, settings: Settings) -> str:
     try:
         remote_id = get_client(settings).create_task(req)
     except errors.SubmitAmbiguous as exc:
-        settle(keys=[idem_key(key)], args=[token, "ambiguous", "", str(exc)])
+        settle(keys=[keys.idempotency(key)], args=[token, "ambiguous", "", str(exc)])
         log.error("submit key=%s ambiguous: %s", key, exc)
         raise
     except errors.SeedanceError as exc:
         # Nothing was created (refused, rate-limited, never connected): free the key for a retry.
-        settle(keys=[idem_key(key)], args=[token, "released", "", str(exc)])
+        settle(keys=[keys.idempotency(key)], args=[token, "released", "", str(exc)])
         raise
-    settle(keys=[idem_key(key)], args=[token, "created", remote_id, ""])
+    settle(keys=[keys.idempotency(key)], args=[token, "created", remote_id, ""])
     log.info("submit key=%s created %s", key, remote_id)
     return remote_id
 

@@ -91,13 +91,9 @@ def clean_redis(url: str) -> None:
 
 
 def _reset_caches() -> None:
-    from seedance_worker.client import reset_clients
-    from seedance_worker.engine.store import reset_stores
-    from seedance_worker.settings import reset_settings_cache
+    from seedance_worker.wiring.app import reset_caches
 
-    reset_settings_cache()
-    reset_clients()
-    reset_stores()
+    reset_caches()
 
 
 @pytest.fixture

@@ -23,56 +23,36 @@ import threading
 import time
 from typing import Any
 
-from seedance_worker.engine.store import PARKED, get_store, job_key
+from seedance_worker.engine.jobs import publish_poll
+from seedance_worker.engine.store import get_store
+from seedance_worker.engine.sweep import run_sweep
 from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 
-# KEYS[1]=parked; ARGV: horizon, limit, job key prefix -> flat: id, gen, owner, due, canvas
-_CLAIM_DUE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-for i = 1, #ids, 2 do
-  local id = ids[i]
-  redis.call('ZREM', KEYS[1], id)
-  local rec = redis.call('HMGET', ARGV[3] .. id, 'state', 'gen', 'owner', 'canvas')
-  if rec[1] == 'polling' then
-    table.insert(out, id); table.insert(out, rec[2]); table.insert(out, rec[3] or '')
-    table.insert(out, ids[i + 1]); table.insert(out, rec[4] or '')
-  end
-end
-return out
-"""
-
-
 def dispatch_due(settings: Settings | None = None, *, horizon_s: float | None = None) -> int:
     """Publish every parked poll due within ``horizon_s``; return how many were published."""
-    import json
-
-    from seedance_worker.engine.poll import publish_poll
-
     settings = settings or get_settings()
     store = get_store(settings)
     horizon = settings.dispatch_interval_s if horizon_s is None else horizon_s
-    script = store.r.register_script(_CLAIM_DUE)
     total = 0
     while True:
-        now = time.time()
-        flat = script(keys=[PARKED], args=[now + horizon, BATCH, job_key("")])
-        for i in range(0, len(flat), 5):
-            task_id, gen, owner, due, canvas = flat[i : i + 5]
+        due = store.claim_due(horizon=time.time() + horizon, limit=BATCH)
+        for job in due:
             publish_poll(
-                task_id,
-                gen=int(gen),
-                countdown_s=max(0.0, float(due) - time.time()),
-                celery_id=owner,
+                job.task_id,
+                gen=job.gen,
+                countdown_s=max(0.0, job.due_at - time.time()),
+                celery_id=job.owner,
                 settings=settings,
-                canvas=json.loads(canvas) if canvas else None,
+                canvas=job.canvas,
             )
-            total += 1
-        if len(flat) < BATCH * 5 // 2:  # fewer than a full batch came back: nothing more is due
+        total += len(due)
+        # The claim drops jobs no longer polling: a short answer does not prove nothing more is due,
+        # so only a batch of fewer than half the limit ends the loop (as before).
+        if len(due) < BATCH // 2:
             return total
 
 
@@ -94,8 +74,6 @@ class Dispatcher:
         self.thread.join(timeout_s)
 
     def _loop(self) -> None:
-        from seedance_worker.engine.sweep import run_sweep
-
         interval = min(self.settings.dispatch_interval_s, self.settings.sweep_interval_s)
         dispatching = self.settings.poll_park_after_s > 0
         next_sweep = time.monotonic() + self.settings.sweep_interval_s

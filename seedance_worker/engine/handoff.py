@@ -15,16 +15,12 @@ from typing import Any
 from celery import chain, current_app, shared_task, signature
 from celery.canvas import Signature
 
+from seedance_worker.engine.schedule import handoff_lease
 from seedance_worker.engine.store import JobRecord, get_store
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-def handoff_lease_at(settings: Settings, now: float) -> float:
-    # Long steps extend it as they go (extend_lease); a chain silent for this long was lost.
-    return now + max(settings.handoff_lease_s, settings.download_timeout_s * 2)
-
 
 def _signatures(specs: list[Any]) -> list[Signature]:
     app = current_app
@@ -61,7 +57,7 @@ def fire_handoff(record: JobRecord, outcome: dict[str, Any], settings: Settings)
     get_store(settings).touch(
         record.task_id,
         expected_state="handoff",
-        lease_at=handoff_lease_at(settings, now),
+        lease_at=handoff_lease(settings, now),
         fields={"handoff": "fired", "handoff_at": now, "handoff_fires": record.handoff_fires + 1},
     )
     build_chain(record, outcome, settings).apply_async()
@@ -70,7 +66,7 @@ def fire_handoff(record: JobRecord, outcome: dict[str, Any], settings: Settings)
 def extend_lease(task_id: str, settings: Settings | None = None, *, extra_s: float = 0.0) -> None:
     """Called by downstream steps so the sweeper does not re-fire a chain that is working."""
     settings = settings or get_settings()
-    lease_at = handoff_lease_at(settings, time.time()) + extra_s
+    lease_at = handoff_lease(settings, time.time()) + extra_s
     get_store(settings).touch(task_id, expected_state="handoff", lease_at=lease_at, fields={})
 
 

@@ -17,14 +17,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from celery import Task, shared_task, signature
+from celery import Task, shared_task
 from celery.exceptions import Ignore
 from pydantic import BaseModel, ConfigDict
 
-from seedance_worker import errors, metrics
+from seedance_worker import connections, errors, metrics
 from seedance_worker.client import get_client, validate_task_id
-from seedance_worker.engine.schedule import Schedule, Uniform
-from seedance_worker.engine.store import JobRecord, JobStore, get_store
+from seedance_worker.engine.handoff import fire_handoff
+from seedance_worker.engine.jobs import POLL_TASK, registration_fields
+from seedance_worker.engine.schedule import Schedule, Uniform, handoff_lease, running_lease, waiting_lease
+from seedance_worker.engine.store import Begun, JobRecord, JobStore, get_store
 from seedance_worker.models import Outcome, TaskSnapshot
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.ratelimit import Permit, RateLimiter, limiter_keys
@@ -33,7 +35,6 @@ from seedance_worker.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 INLINE_WAIT_S = 0.05  # a limiter wait this short is slept inline instead of a reschedule
-RUN_SLACK_S = 2.0  # on top of the HTTP timeouts: a begun poll's lease covers its GET and its advance
 
 
 class PollOptions(BaseModel):
@@ -143,51 +144,6 @@ def deliver(outcome: dict[str, Any]) -> dict[str, Any]:
     raise cls(f"remote task {outcome.get('task_id')} ended {status}{detail}", outcome)
 
 
-def _lease_after(settings: Settings, countdown_s: float, now: float) -> float:
-    # A message waiting for its countdown or in the queue: the sweeper may re-drive it this long
-    # after it was due (plus the fleet's current lag, see sweep.py).
-    return now + max(0.0, countdown_s) + settings.poll_lease_grace_s
-
-
-def _running_lease(settings: Settings, now: float) -> float:
-    # A poll that has begun: its one GET may take the connect and read timeouts, then it advances.
-    return now + settings.http_connect_timeout_s + settings.http_read_timeout_s + RUN_SLACK_S
-
-
-def publish_poll(
-    task_id: str,
-    *,
-    gen: int | None,
-    countdown_s: float,
-    celery_id: str,
-    settings: Settings,
-    follow: bool = False,
-    canvas: dict[str, Any] | None = None,
-) -> None:
-    """Publish a fresh poll message for a job (track(), the sweeper, the dispatcher).
-
-    ``canvas`` is the caller's own poll signature (kept in the job record when the poll started in
-    a user's chain or group), so a re-published poll still continues the caller's canvas.
-    """
-    options: dict[str, Any] = {"gen": gen, "due": time.time() + max(0.0, countdown_s)}
-    if follow:
-        options = {"follow": True}
-    countdown = countdown_s if countdown_s > 0 else None
-    if canvas:
-        sig = signature(canvas, app=poll.app)
-        sig.apply_async(
-            (task_id,), {"options": options}, task_id=celery_id, countdown=countdown, expires=None
-        )
-        return
-    poll.apply_async(
-        (task_id,),
-        {"options": options},
-        task_id=celery_id,
-        countdown=countdown,
-        queue=settings.poll_queue,
-    )
-
-
 def _canvas_of(task: Task) -> dict[str, Any] | None:
     """The poll's own signature when the caller attached a chain, links, errbacks or a group."""
     req = task.request
@@ -221,7 +177,7 @@ def _again(task: Task, task_id: str, options: dict[str, Any], countdown_s: float
 
 @shared_task(
     bind=True,
-    name="seedance.poll",
+    name=POLL_TASK,
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=None,
@@ -253,97 +209,28 @@ class _Poller:
         self.celery_id: str = task.request.id or ""
 
     def run(self) -> dict[str, Any]:
+        """adopt -> begin (the fence) -> gate (429s, the rate limit) -> fetch -> act on decide()."""
         now = time.time()
         if self.opts.due is not None:
             metrics.poll_lateness(now - self.opts.due)
         if self.opts.follow:
             return self.follow(now)
-        gen = self.opts.gen
+        gen = self.opts.gen if self.opts.gen is not None else self.adopt(now)
         if gen is None:
-            # Entered from a user's canvas (poll.s(id)): adopt the job, or follow its live chain.
-            from seedance_worker.track import registration_fields
-
-            fields = registration_fields(
-                self.settings,
-                metadata=self.opts.metadata,
-                on_succeeded=self.opts.on_succeeded,
-                on_failed=self.opts.on_failed,
-            )
-            canvas = _canvas_of(self.task)
-            if canvas is not None:
-                # Kept so a parked or re-driven poll is published with the caller's chain and links.
-                fields["canvas"] = canvas
-            reg = self.store.register(
-                self.task_id,
-                self.celery_id,
-                now=now,
-                lease_at=_lease_after(self.settings, 0, now),
-                fields=fields,
-            )
-            if reg.owner != self.celery_id:
-                return self.follow(now)
-            gen = 1
-        verdict, crashes, record, cooldown_s = self.store.begin(
+            return self.follow(now)
+        begun = self.store.begin(
             self.task_id,
             gen,
-            lease_at=_running_lease(self.settings, now),
+            lease_at=running_lease(self.settings, now),
             max_crashes=self.settings.poll_max_crashes,
             cooldown_key=limiter_keys(self.settings)[1],
             lag_s=None if self.opts.due is None else now - self.opts.due,
         )
-        if verdict == "stale" or verdict == "missing" or record is None:
-            log.info("poll %s gen=%s %s copy dropped", self.task_id, gen, verdict)
-            raise _Drop()
-        if verdict == "terminal":
-            # A redelivered terminal poll: the hand-off already happened; give the caller's chain
-            # the same Outcome again without calling the API or firing anything.
-            log.info("poll %s gen=%s terminal copy: returning the recorded outcome", self.task_id, gen)
-            return deliver(record.outcome or {})
-        if verdict == "crashloop":
-            return self.finish(
-                record,
-                gen,
-                Finish(
-                    "failed", {"code": "PollCrashed", "message": f"poll crashed its worker {crashes} times"}
-                ),
-                None,
-                now,
-            )
-
-        wait = wait_for_not_before(record, now=now, schedule=self.schedule)
-        if wait is not None:
-            return self.reschedule(record, gen, wait, now)
-        if not self.opts.slot or cooldown_s > 0:
-            # A 429 cool-down (read by begin) holds every poll, even one holding a limiter slot
-            # reserved before the 429. Without a fleet-wide rate, it is the only thing to check.
-            if self.settings.rate_limit_rps > 0 and cooldown_s <= 0:
-                permit = self.limiter().acquire()
-            else:
-                permit = Permit(cooldown_s, "cooldown" if cooldown_s > 0 else "go")
-            if permit.wait_s > INLINE_WAIT_S:
-                # Scheduled for its slot: the next run holds the reservation and does not ask again.
-                wait_s = permit.wait_s
-                if permit.kind == "cooldown":
-                    # Spread the polls held by a 429 so they do not all hit the API at the same
-                    # instant; 20 ms on top because a countdown may fire a millisecond early.
-                    wait_s += 0.02 + random.uniform(0.0, 0.1 * wait_s + 0.05)
-                hop = Reschedule(min(wait_s, self.schedule.countdown_cap_s), {}, called_api=False)
-                metrics.ratelimit_wait(permit.wait_s, permit.kind)
-                held = permit.kind == "slot" and permit.wait_s <= self.schedule.countdown_cap_s
-                return self.reschedule(record, gen, hop, now, slot=held)
-            if permit.wait_s > 0:
-                time.sleep(permit.wait_s + (0.005 if permit.kind == "cooldown" else 0.0))
-
-        result: TaskSnapshot | errors.SeedanceError
-        try:
-            result = get_client(self.settings).get_task(self.task_id)
-        except errors.SeedanceError as exc:
-            result = exc
-            if isinstance(exc, errors.RateLimited):
-                # Everyone on this API key waits, not only this job.
-                self.limiter().cool_down(exc.retry_after_s or self.schedule.min_interval_s)
-            level = logging.INFO if isinstance(exc, errors.RateLimited) else logging.WARNING
-            log.log(level, "poll %s try=%d error: %s", self.task_id, record.polls + 1, exc)
+        record = self.fenced(begun, gen, now)
+        if isinstance(record, dict):
+            return record
+        self.gate(record, gen, begun.cooldown_s, now)
+        result = self.fetch(record)
         now = time.time()
         metrics.poll(result.status_text if isinstance(result, TaskSnapshot) else type(result).__name__)
         decision = decide(record, result, now=now, schedule=self.schedule)
@@ -352,8 +239,86 @@ class _Poller:
             return self.finish(record, gen, decision, snap, now)
         return self.reschedule(record, gen, decision, now, snap)
 
+    def adopt(self, now: float) -> int | None:
+        """Entered from a user's canvas (poll.s(id)): register the job with this chain as owner.
+        None when another chain owns it already (this one then follows it)."""
+        fields = registration_fields(
+            self.settings,
+            metadata=self.opts.metadata,
+            on_succeeded=self.opts.on_succeeded,
+            on_failed=self.opts.on_failed,
+        )
+        canvas = _canvas_of(self.task)
+        if canvas is not None:
+            # Kept so a parked or re-driven poll is published with the caller's chain and links.
+            fields["canvas"] = canvas
+        reg = self.store.register(
+            self.task_id,
+            self.celery_id,
+            now=now,
+            lease_at=waiting_lease(self.settings, 0, now),
+            fields=fields,
+        )
+        return 1 if reg.owner == self.celery_id else None
+
+    def fenced(self, begun: Begun, gen: int, now: float) -> JobRecord | dict[str, Any]:
+        """The record this run may poll, or the Outcome when the fence already ended the job."""
+        record = begun.record
+        if begun.verdict in ("stale", "missing") or record is None:
+            log.info("poll %s gen=%s %s copy dropped", self.task_id, gen, begun.verdict)
+            raise _Drop()
+        if begun.verdict == "terminal":
+            # A redelivered terminal poll: the hand-off already happened; give the caller's chain
+            # the same Outcome again without calling the API or firing anything.
+            log.info("poll %s gen=%s terminal copy: returning the recorded outcome", self.task_id, gen)
+            return deliver(record.outcome or {})
+        if begun.verdict == "crashloop":
+            message = f"poll crashed its worker {begun.crashes} times"
+            return self.finish(record, gen, Finish("failed", {"code": "PollCrashed", "message": message}),
+                               None, now)  # fmt: skip
+        return record
+
+    def gate(self, record: JobRecord, gen: int, cooldown_s: float, now: float) -> None:
+        """Return when this run may call the API; otherwise reschedule it (raises _Drop)."""
+        wait = wait_for_not_before(record, now=now, schedule=self.schedule)
+        if wait is not None:
+            self.reschedule(record, gen, wait, now)
+        if self.opts.slot and cooldown_s <= 0:
+            return  # holds a limiter reservation made before: straight to the GET
+        # A 429 cool-down (read by begin) holds every poll, even one holding a limiter slot
+        # reserved before the 429. Without a fleet-wide rate, it is the only thing to check.
+        if self.settings.rate_limit_rps > 0 and cooldown_s <= 0:
+            permit = self.limiter().acquire()
+        else:
+            permit = Permit(cooldown_s, "cooldown" if cooldown_s > 0 else "go")
+        if permit.wait_s > INLINE_WAIT_S:
+            # Scheduled for its slot: the next run holds the reservation and does not ask again.
+            wait_s = permit.wait_s
+            if permit.kind == "cooldown":
+                # Spread the polls held by a 429 so they do not all hit the API at the same
+                # instant; 20 ms on top because a countdown may fire a millisecond early.
+                wait_s += 0.02 + random.uniform(0.0, 0.1 * wait_s + 0.05)
+            hop = Reschedule(min(wait_s, self.schedule.countdown_cap_s), {}, called_api=False)
+            metrics.ratelimit_wait(permit.wait_s, permit.kind)
+            held = permit.kind == "slot" and permit.wait_s <= self.schedule.countdown_cap_s
+            self.reschedule(record, gen, hop, now, slot=held)
+        if permit.wait_s > 0:
+            time.sleep(permit.wait_s + (0.005 if permit.kind == "cooldown" else 0.0))
+
+    def fetch(self, record: JobRecord) -> TaskSnapshot | errors.SeedanceError:
+        """The one GET of this run: the snapshot, or the error it raised."""
+        try:
+            return get_client(self.settings).get_task(self.task_id)
+        except errors.SeedanceError as exc:
+            if isinstance(exc, errors.RateLimited):
+                # Everyone on this API key waits, not only this job.
+                self.limiter().cool_down(exc.retry_after_s or self.schedule.min_interval_s)
+            level = logging.INFO if isinstance(exc, errors.RateLimited) else logging.WARNING
+            log.log(level, "poll %s try=%d error: %s", self.task_id, record.polls + 1, exc)
+            return exc
+
     def limiter(self) -> RateLimiter:
-        return RateLimiter(self.store.r, self.settings)
+        return RateLimiter(connections.get_redis(self.settings), self.settings)
 
     def reschedule(
         self,
@@ -384,7 +349,7 @@ class _Poller:
         if not self.store.advance(
             self.task_id,
             gen,
-            lease_at=_lease_after(self.settings, decision.countdown_s, now),
+            lease_at=waiting_lease(self.settings, decision.countdown_s, now),
             fields=fields,
             park_at=park_at,
         ):
@@ -413,8 +378,6 @@ class _Poller:
         snap: TaskSnapshot | None,
         now: float,
     ) -> dict[str, Any]:
-        from seedance_worker.engine.handoff import fire_handoff, handoff_lease_at
-
         snapshot = snap.model_dump(mode="json", exclude_none=True) if snap is not None else None
         polls = record.polls + (1 if snap is not None or decision.status == "not_found" else 0)
         outcome = Outcome(
@@ -437,7 +400,7 @@ class _Poller:
             "end_reason": (decision.error or {}).get("code"),
         }
         if not self.store.finish(
-            self.task_id, gen, lease_at=handoff_lease_at(self.settings, now), fields=fields
+            self.task_id, gen, lease_at=handoff_lease(self.settings, now), fields=fields
         ):
             log.info("poll %s gen=%d lost the terminal race to another copy; dropped", self.task_id, gen)
             raise _Drop()

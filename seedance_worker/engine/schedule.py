@@ -105,3 +105,24 @@ class Schedule:
 
 def _clamp(value: float, lo: float, hi: float) -> float:
     return max(lo, min(hi, value))
+
+
+# --- leases: how long the sweeper leaves a job alone before it counts its message as lost ----------
+
+RUN_SLACK_S = 2.0  # on top of the HTTP timeouts: a begun poll's lease covers its GET and its advance
+
+
+def waiting_lease(settings: Settings, countdown_s: float, now: float) -> float:
+    """A message waiting for its countdown or in the queue: re-driven this long after it was due
+    (plus the fleet's current lag, see sweep.py)."""
+    return now + max(0.0, countdown_s) + settings.poll_lease_grace_s
+
+
+def running_lease(settings: Settings, now: float) -> float:
+    """A poll that has begun: its one GET may take the connect and read timeouts, then it advances."""
+    return now + settings.http_connect_timeout_s + settings.http_read_timeout_s + RUN_SLACK_S
+
+
+def handoff_lease(settings: Settings, now: float) -> float:
+    """A downstream chain: long steps extend it as they go; a chain silent this long was lost."""
+    return now + max(settings.handoff_lease_s, settings.download_timeout_s * 2)

@@ -1,149 +1,32 @@
-"""Job records in Redis: one hash per tracked remote task, fenced by a generation number.
+"""The job store: the only code that reads or writes job state in Redis.
 
-Keys (all under ``seedance:``):
+One hash per tracked remote task (``seedance:job:{task_id}``, keys.py lists every key), fenced by a
+generation number ``gen``, plus three sorted sets: ``jobs`` (listing), ``due`` (leases the sweeper
+watches) and ``parked`` (long waits the dispatcher publishes). Every state change is one Lua script
+in ``lua/`` (each opens with its KEYS/ARGV map), so two copies of a poll message (a redelivery, a
+restore after the visibility timeout, a duplicate ``track()``) can never both advance a job: the
+copy whose ``gen`` no longer matches is stale and drops out without calling the API. Other modules
+ask the store by intent (register, begin, advance, finish, touch, complete, claim_overdue,
+claim_due), never by key.
 
-- ``seedance:job:{task_id}``  hash, the job record (fields below)
-- ``seedance:jobs``           zset task_id -> tracked_at, for listing
-- ``seedance:due``            zset task_id -> lease deadline; the sweeper re-drives what is overdue
-- ``seedance:parked``         zset task_id -> due time of a long wait parked here instead of a
-                              countdown message (dispatch.py publishes it when it comes due)
-- ``seedance:lag``            hash ``lag_s``/``at``: how late polls have been starting lately (queue
-                              backlog); the sweeper waits this much longer before re-driving
-- ``seedance:idem:{key}``     hash, submit idempotency records
-
-Every state change is one Lua script, so two copies of a poll message (a redelivery, a restore after
-the visibility timeout, a duplicate ``track()``) can never both advance a job: the copy whose ``gen``
-no longer matches is stale and drops out without calling the API (celery-polling.md section 3).
+Every script takes the fields it writes as one JSON object in ARGV[1] and the task id in ARGV[2].
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from seedance_worker import connections, keys, scripts
 from seedance_worker.settings import Settings, get_settings
 
-PREFIX = "seedance:"
-JOBS = PREFIX + "jobs"
-DUE = PREFIX + "due"
-PARKED = PREFIX + "parked"
-LAG = PREFIX + "lag"
 LAG_WINDOW_S = 5.0  # the lag kept is the largest seen over about this long
 
-
-def job_key(task_id: str) -> str:
-    return f"{PREFIX}job:{task_id}"
-
-
-def idem_key(key: str) -> str:
-    return f"{PREFIX}idem:{key}"
-
-
-# KEYS[1]=job KEYS[2]=jobs KEYS[3]=due KEYS[4]=parked; ARGV: owner, now, lease_at, park_at (0: no),
-# then field/value pairs, the first pair being task_id
-_REGISTER = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner then
-  return {0, owner, redis.call('HGET', KEYS[1], 'state') or ''}
-end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'gen', 1, 'state', 'polling', 'polls', 0,
-           'crashes', 0, 'error_streak', 0, 'status_polls', 0, 'tracked_at', ARGV[2])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[6])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[6])
-if tonumber(ARGV[4]) > 0 then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[6]) end
-return {1, ARGV[1], 'polling'}
-"""
-
-# KEYS[1]=job KEYS[2]=due KEYS[3]=lag [KEYS[4]=429 cool-down]; ARGV: gen, lease_at, max_crashes,
-# task_id, lag_s ('' when unknown)
-# -> {verdict, ...}: ok | stale | missing | terminal (message is the terminal gen) | crashloop
-_BEGIN = """
-local rec = redis.call('HMGET', KEYS[1], 'gen', 'state', 'terminal_gen', 'crashes')
-if not rec[1] then return {'missing', '0', '0'} end
-local gen = tonumber(rec[1])
-local msg = tonumber(ARGV[1])
-if rec[2] ~= 'polling' then
-  if rec[3] and tonumber(rec[3]) == msg then
-    return {'terminal', '0', '0', unpack(redis.call('HGETALL', KEYS[1]))}
-  end
-  return {'stale', '0', '0'}
-end
-if gen ~= msg then return {'stale', '0', '0'} end
-local crashes = redis.call('HINCRBY', KEYS[1], 'crashes', 1)
-if crashes > tonumber(ARGV[3]) then
-  return {'crashloop', tostring(crashes - 1), '0', unpack(redis.call('HGETALL', KEYS[1]))}
-end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
-local t = redis.call('TIME')
--- How late this current-generation copy started (a stale copy's lateness says nothing): the largest
--- over the last window, so the sweeper can tell a backlogged queue from a lost message.
-local lag = tonumber(ARGV[5])
-if lag then
-  local now_s = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  local cur = redis.call('HMGET', KEYS[3], 'lag_s', 'at')
-  if not cur[2] or now_s - tonumber(cur[2]) > LAG_WINDOW_S or lag >= tonumber(cur[1]) then
-    redis.call('HSET', KEYS[3], 'lag_s', ARGV[5], 'at', string.format('%.3f', now_s))
-  end
-end
--- The shared 429 cool-down, read in the same round trip (microseconds still to wait).
-local cool = 0
-if KEYS[4] then
-  local until_us = tonumber(redis.call('GET', KEYS[4]) or '0')
-  cool = until_us - (tonumber(t[1]) * 1000000 + tonumber(t[2]))
-  if cool < 0 then cool = 0 end
-end
-return {'ok', '0', string.format('%.0f', cool), unpack(redis.call('HGETALL', KEYS[1]))}
-"""
-
-# KEYS[1]=job KEYS[2]=due KEYS[3]=parked; ARGV: gen, lease_at, task_id, park_at (0: not parked),
-# then field/value pairs
-_ADVANCE = """
-local rec = redis.call('HMGET', KEYS[1], 'gen', 'state')
-if not rec[1] or rec[2] ~= 'polling' or tonumber(rec[1]) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'gen', tonumber(ARGV[1]) + 1, 'crashes', 0)
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-if tonumber(ARGV[4]) > 0 then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3]) end
-return 1
-"""
-
-# KEYS[1]=job KEYS[2]=due; ARGV: gen, lease_at, task_id, then field/value pairs
-_FINISH = """
-local rec = redis.call('HMGET', KEYS[1], 'gen', 'state')
-if not rec[1] or rec[2] ~= 'polling' or tonumber(rec[1]) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'gen', tonumber(ARGV[1]) + 1, 'terminal_gen', ARGV[1], 'state', 'handoff',
-           'handoff', 'pending', 'crashes', 0)
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return 1
-"""
-
-# KEYS[1]=job KEYS[2]=due; ARGV: ttl_s, task_id, then field/value pairs
-_COMPLETE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'polling' then return -1 end
-redis.call('HSET', KEYS[1], 'state', 'done')
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-if state == 'done' then return 2 end
-return 1
-"""
-
-# KEYS[1]=job KEYS[2]=due; ARGV: expected_state, lease_at, task_id, then field/value pairs
-_TOUCH = """
-if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return 1
-"""
 
 JSON_FIELDS = ("outcome", "metadata", "on_succeeded", "on_failed", "canvas")
 FLOAT_FIELDS = (
@@ -235,17 +118,19 @@ class JobRecord:
         }
 
 
-def _flatten(fields: dict[str, Any]) -> list[Any]:
-    out: list[Any] = []
+def encode_fields(fields: dict[str, Any]) -> str:
+    """The fields a script writes, as the JSON object of strings it takes in ARGV[1]."""
+    out: dict[str, str] = {}
     for k, v in fields.items():
         if v is None:
-            v = ""
+            out[k] = ""
         elif k in JSON_FIELDS:
-            v = json.dumps(v, separators=(",", ":"))
+            out[k] = json.dumps(v, separators=(",", ":"))
         elif isinstance(v, bool):
-            v = int(v)
-        out.extend((k, v))
-    return out
+            out[k] = str(int(v))
+        else:
+            out[k] = str(v)
+    return json.dumps(out, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -255,15 +140,56 @@ class Registration:
     state: str
 
 
+@dataclass(frozen=True)
+class Begun:
+    """What ``begin`` found: the verdict, the crash count, the record and the 429 cool-down."""
+
+    verdict: str  # ok | stale | missing | terminal | crashloop
+    crashes: int
+    record: JobRecord | None
+    cooldown_s: float
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """A job the sweeper claimed: its lease ran out while polling or handing off."""
+
+    task_id: str
+    state: str
+    gen: int
+    owner: str
+    handoff_fires: int
+    canvas: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Due:
+    """A parked poll the dispatcher claimed: publish it for ``due_at``."""
+
+    task_id: str
+    gen: int
+    owner: str
+    due_at: float
+    canvas: dict[str, Any] | None
+
+
+_SCRIPTS = (
+    "register", "begin", "advance", "finish", "complete", "touch", "claim_overdue", "claim_due",
+)  # fmt: skip
+
+
 class JobStore:
     def __init__(self, client: redis.Redis) -> None:
-        self.r = client
-        self._register = client.register_script(_REGISTER)
-        self._begin = client.register_script(_BEGIN.replace("LAG_WINDOW_S", repr(LAG_WINDOW_S)))
-        self._advance = client.register_script(_ADVANCE)
-        self._finish = client.register_script(_FINISH)
-        self._complete = client.register_script(_COMPLETE)
-        self._touch = client.register_script(_TOUCH)
+        self.r = client  # for tests and tools that inspect Redis; product code asks by intent
+        loaded = {name: scripts.load(client, __package__ or "", name) for name in _SCRIPTS}
+        self._register = loaded["register"]
+        self._begin = loaded["begin"]
+        self._advance = loaded["advance"]
+        self._finish = loaded["finish"]
+        self._complete = loaded["complete"]
+        self._touch = loaded["touch"]
+        self._claim_overdue = loaded["claim_overdue"]
+        self._claim_due = loaded["claim_due"]
 
     def __repr__(self) -> str:
         return "JobStore()"
@@ -278,9 +204,9 @@ class JobStore:
         fields: dict[str, Any],
         park_at: float = 0.0,
     ) -> Registration:
-        args = [owner, now, lease_at, park_at, *_flatten({"task_id": task_id, **fields})]
-        created, who, state = self._register(keys=[job_key(task_id), JOBS, DUE, PARKED], args=args)
-        return Registration(bool(int(created)), _s(who), _s(state))
+        """Create the job with ``owner`` as its chain's Celery id, unless it exists already."""
+        return self.register_many([(task_id, owner)], now=now, lease_at=lease_at, fields=fields,
+                                  park_at=park_at)[0]  # fmt: skip
 
     def register_many(
         self,
@@ -293,12 +219,15 @@ class JobStore:
     ) -> list[Registration]:
         """``register`` for many (task_id, owner) pairs, pipelined in batches of 500."""
         out: list[Registration] = []
-        flat_fields = _flatten(fields)
+        encoded = encode_fields(fields)
         for start in range(0, len(items), 500):
             pipe = self.r.pipeline(transaction=False)
             for task_id, owner in items[start : start + 500]:
-                args = [owner, now, lease_at, park_at, "task_id", task_id, *flat_fields]
-                self._register(keys=[job_key(task_id), JOBS, DUE, PARKED], args=args, client=pipe)
+                self._register(
+                    keys=[keys.job(task_id), keys.JOBS, keys.DUE, keys.PARKED],
+                    args=[encoded, task_id, owner, now, lease_at, park_at],
+                    client=pipe,
+                )
             for created, who, state in pipe.execute():
                 out.append(Registration(bool(int(created)), _s(who), _s(state)))
         return out
@@ -312,59 +241,87 @@ class JobStore:
         max_crashes: int,
         cooldown_key: str | None = None,
         lag_s: float | None = None,
-    ) -> tuple[str, int, JobRecord | None, float]:
-        """Fence a poll run in one round trip: verdict, crash count, the record (when it may
-        proceed) and how long the shared 429 cool-down still runs (seconds). ``lag_s`` (how late
-        this run started) feeds the fleet's lag that the sweeper allows for."""
-        keys = [job_key(task_id), DUE, LAG] + ([cooldown_key] if cooldown_key else [])
+    ) -> Begun:
+        """Fence a poll run in one round trip. ``lag_s`` (how late this run started) feeds the
+        fleet's lag that the sweeper allows for; ``cooldown_key`` is the account's 429 cool-down."""
+        script_keys = [keys.job(task_id), keys.DUE, keys.LAG] + ([cooldown_key] if cooldown_key else [])
         lag = "" if lag_s is None else f"{max(0.0, lag_s):.3f}"
-        res = self._begin(keys=keys, args=[gen, lease_at, max_crashes, task_id, lag])
-        verdict = _s(res[0])
-        crashes = int(_s(res[1]))
-        cooldown_s = int(_s(res[2])) / 1_000_000
+        res = self._begin(
+            keys=script_keys, args=["{}", task_id, gen, lease_at, max_crashes, lag, LAG_WINDOW_S]
+        )
         flat = [_s(x) for x in res[3:]]
         record = JobRecord.from_hash(task_id, dict(zip(flat[::2], flat[1::2], strict=True))) if flat else None
-        return verdict, crashes, record, cooldown_s
+        return Begun(_s(res[0]), int(_s(res[1])), record, int(_s(res[2])) / 1_000_000)
 
     def advance(
         self, task_id: str, gen: int, *, lease_at: float, fields: dict[str, Any], park_at: float = 0.0
     ) -> bool:
-        args = [gen, lease_at, task_id, park_at, *_flatten(fields)]
-        return bool(self._advance(keys=[job_key(task_id), DUE, PARKED], args=args))
+        """Move a polling job from ``gen`` to ``gen + 1``; False when another copy got there first."""
+        args: list[str | int | float] = [encode_fields(fields), task_id, gen, lease_at, park_at]
+        return bool(self._advance(keys=[keys.job(task_id), keys.DUE, keys.PARKED], args=args))
 
     def finish(self, task_id: str, gen: int, *, lease_at: float, fields: dict[str, Any]) -> bool:
-        args = [gen, lease_at, task_id, *_flatten(fields)]
-        return bool(self._finish(keys=[job_key(task_id), DUE], args=args))
+        """End polling at ``gen`` and enter the hand-off; False when another copy got there first."""
+        args: list[str | int | float] = [encode_fields(fields), task_id, gen, lease_at]
+        return bool(self._finish(keys=[keys.job(task_id), keys.DUE], args=args))
 
     def complete(self, task_id: str, *, ttl_s: int, fields: dict[str, Any]) -> int:
-        args = [ttl_s, task_id, *_flatten(fields)]
-        return int(self._complete(keys=[job_key(task_id), DUE], args=args))
+        """1 done, 2 done again (a re-fired chain), 0 no such job, -1 still polling."""
+        args: list[str | int | float] = [encode_fields(fields), task_id, ttl_s]
+        return int(self._complete(keys=[keys.job(task_id), keys.DUE], args=args))
 
     def touch(self, task_id: str, *, expected_state: str, lease_at: float, fields: dict[str, Any]) -> bool:
-        args = [expected_state, lease_at, task_id, *_flatten(fields)]
-        return bool(self._touch(keys=[job_key(task_id), DUE], args=args))
+        """Extend the lease (and set fields) while the job is in ``expected_state``."""
+        args: list[str | int | float] = [encode_fields(fields), task_id, expected_state, lease_at]
+        return bool(self._touch(keys=[keys.job(task_id), keys.DUE], args=args))
+
+    def claim_overdue(self, *, before: float, lease_at: float, limit: int = 1000) -> list[Overdue]:
+        """Jobs whose lease ran out before ``before``, each given ``lease_at`` (claimed once)."""
+        flat = self._claim_overdue(
+            keys=[keys.DUE, keys.JOBS], args=["{}", before, lease_at, limit, keys.JOB_PREFIX]
+        )
+        return [
+            Overdue(tid, state, int(gen), owner, int(fires), json.loads(canvas) if canvas else None)
+            for tid, state, gen, owner, fires, canvas in _rows(flat, 6)
+        ]
+
+    def claim_due(self, *, horizon: float, limit: int) -> list[Due]:
+        """Parked polls due before ``horizon``, taken out of the parked index (claimed once)."""
+        flat = self._claim_due(keys=[keys.PARKED], args=["{}", horizon, limit, keys.JOB_PREFIX])
+        return [
+            Due(tid, int(gen), owner, float(due), json.loads(canvas) if canvas else None)
+            for tid, gen, owner, due, canvas in _rows(flat, 5)
+        ]
 
     def fleet_lag_s(self, *, max_age_s: float = 2 * LAG_WINDOW_S) -> float:
         """How late polls have been starting lately (a queue backlog); 0 when none began recently."""
         pipe = self.r.pipeline(transaction=False)
         pipe.time()
-        pipe.hmget(LAG, "lag_s", "at")
+        pipe.hmget(keys.LAG, "lag_s", "at")
         (secs, micros), (lag, at) = pipe.execute()
         if lag is None or at is None or secs + micros / 1e6 - float(at) > max_age_s:
             return 0.0
         return float(lag)
 
+    def counts(self, now: float) -> tuple[int, int]:
+        """(jobs in flight, of them with an expired lease): for the metrics."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(keys.DUE)
+        pipe.zcount(keys.DUE, "-inf", now)
+        inflight, expired = pipe.execute()
+        return int(inflight), int(expired)
+
     def get(self, task_id: str) -> JobRecord | None:
-        raw = self.r.hgetall(job_key(task_id))
+        raw = self.r.hgetall(keys.job(task_id))
         if not raw:
             return None
         return JobRecord.from_hash(task_id, {_s(k): _s(v) for k, v in raw.items()})
 
     def all(self, limit: int = 1000) -> list[JobRecord]:
-        ids = [_s(x) for x in self.r.zrevrange(JOBS, 0, limit - 1)]
+        ids = [_s(x) for x in self.r.zrevrange(keys.JOBS, 0, limit - 1)]
         pipe = self.r.pipeline(transaction=False)
         for tid in ids:
-            pipe.hgetall(job_key(tid))
+            pipe.hgetall(keys.job(tid))
         out = []
         stale = []
         for tid, raw in zip(ids, pipe.execute(), strict=True):
@@ -373,39 +330,44 @@ class JobStore:
             else:
                 stale.append(tid)
         if stale:  # records expired after their TTL: drop them from the index too
-            self.r.zrem(JOBS, *stale)
+            self.r.zrem(keys.JOBS, *stale)
         return out
 
+
+def _rows(flat: list[Any], width: int) -> list[list[str]]:
+    items = [_s(x) for x in flat]
+    return [items[i : i + width] for i in range(0, len(items), width)]
 
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-_stores: dict[tuple[int, str], JobStore] = {}
+_stores: dict[int, JobStore] = {}
 _lock = threading.Lock()
 
 
 def get_store(settings: Settings | None = None) -> JobStore:
-    """One Redis connection pool per process (prefork children build their own after fork)."""
-    settings = settings or get_settings()
-    key = (os.getpid(), settings.redis_url)
+    """The store over this process's Redis client (connections.py); scripts registered once."""
+    client = connections.get_redis(settings or get_settings())
     with _lock:
-        store = _stores.get(key)
-        if store is None:
-            client = redis.Redis.from_url(
-                settings.redis_url,
-                decode_responses=True,
-                socket_timeout=30,
-                socket_connect_timeout=5,
-                health_check_interval=25,
-                retry_on_timeout=True,
-            )
-            store = JobStore(client)
-            _stores[key] = store
+        store = _stores.get(id(client))
+        if store is None or store.r is not client:
+            store = _stores[id(client)] = JobStore(client)
         return store
 
 
 def reset_stores() -> None:
+    """Forget every store and client (a forked child, a test that changed the settings)."""
     with _lock:
         _stores.clear()
+    connections.reset()
+
+
+def scrape_counts(redis_url: str) -> Callable[[float], tuple[int, int]]:
+    """``counts`` over a client of its own with short timeouts: a metrics scrape must not hang
+    for the store's 30 s socket timeout while Redis is away."""
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
+    )
+    return JobStore(client).counts

@@ -10,13 +10,15 @@ stale. A job in hand-off gets its downstream chain re-fired from the stored Outc
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from celery import shared_task
 
-from seedance_worker.engine.store import DUE, JOBS, get_store, job_key
+from seedance_worker.engine.handoff import fire_handoff
+from seedance_worker.engine.jobs import publish_poll
+from seedance_worker.engine.schedule import waiting_lease
+from seedance_worker.engine.store import JobStore, Overdue, get_store
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.settings import Settings, get_settings
 
@@ -24,32 +26,9 @@ log = logging.getLogger(__name__)
 
 MAX_HANDOFF_FIRES = 5
 
-# KEYS[1]=due KEYS[2]=jobs; ARGV: now, new_lease_at, limit, prefix
-# -> flat list of task_id, state, gen, owner, handoff_fires, canvas
-_CLAIM_OVERDUE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for _, id in ipairs(ids) do
-  local key = ARGV[4] .. id
-  local rec = redis.call('HMGET', key, 'state', 'gen', 'owner', 'handoff_fires', 'canvas')
-  if not rec[1] or rec[1] == 'done' then
-    redis.call('ZREM', KEYS[1], id)
-    if not rec[1] then redis.call('ZREM', KEYS[2], id) end
-  else
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    table.insert(out, id); table.insert(out, rec[1]); table.insert(out, rec[2] or '1')
-    table.insert(out, rec[3] or ''); table.insert(out, rec[4] or '0'); table.insert(out, rec[5] or '')
-  end
-end
-return out
-"""
-
 
 def run_sweep(settings: Settings | None = None, *, now: float | None = None, limit: int = 1000) -> int:
     """Re-drive every overdue job once; return how many were re-adopted."""
-    from seedance_worker.engine.handoff import fire_handoff
-    from seedance_worker.engine.poll import _lease_after, publish_poll
-
     settings = settings or get_settings()
     store = get_store(settings)
     now = time.time() if now is None else now
@@ -58,35 +37,38 @@ def run_sweep(settings: Settings | None = None, *, now: float | None = None, lim
     # restored copy can report a lag near the visibility timeout: the cap keeps that from hiding
     # lost messages for long.)
     lag_s = min(store.fleet_lag_s(), settings.visibility_timeout_s / 2)
-    lease = _lease_after(settings, lag_s, now)  # a re-driven poll waits in the same backlog
-    script = store.r.register_script(_CLAIM_OVERDUE)
-    flat = script(keys=[DUE, JOBS], args=[now - lag_s, lease, limit, job_key("")])
+    lease = waiting_lease(settings, lag_s, now)  # a re-driven poll waits in the same backlog
     count = 0
-    for i in range(0, len(flat), 6):
-        task_id, state, gen, owner, fires, canvas = flat[i : i + 6]
-        if state == "polling":
-            log.warning("sweep %s: lease ran out at gen=%s; re-driving the poll", task_id, gen)
+    for job in store.claim_overdue(before=now - lag_s, lease_at=lease, limit=limit):
+        if job.state == "polling":
+            log.warning("sweep %s: lease ran out at gen=%s; re-driving the poll", job.task_id, job.gen)
             publish_poll(
-                task_id,
-                gen=int(gen),
+                job.task_id,
+                gen=job.gen,
                 countdown_s=0,
-                celery_id=owner,
+                celery_id=job.owner,
                 settings=settings,
-                canvas=json.loads(canvas) if canvas else None,
+                canvas=job.canvas,
             )
             count += 1
-        elif state == "handoff":
-            record = store.get(task_id)
-            if record is None or not record.outcome:
-                continue
-            if int(fires) >= MAX_HANDOFF_FIRES:
-                log.error("sweep %s: hand-off fired %s times without completing; giving up", task_id, fires)
-                store.complete(task_id, ttl_s=settings.job_ttl_s, fields={"handoff": "gave_up"})
-                continue
-            log.warning("sweep %s: hand-off lease ran out; re-firing the downstream chain", task_id)
-            fire_handoff(record, record.outcome, settings)
+        elif job.state == "handoff" and refire_handoff(job, store, settings):
             count += 1
     return count
+
+
+def refire_handoff(job: Overdue, store: JobStore, settings: Settings) -> bool:
+    """Fire a lost hand-off chain again from the stored Outcome (or give up after a few fires)."""
+    record = store.get(job.task_id)
+    if record is None or not record.outcome:
+        return False
+    if job.handoff_fires >= MAX_HANDOFF_FIRES:
+        log.error("sweep %s: hand-off fired %s times without completing; giving up",
+                  job.task_id, job.handoff_fires)  # fmt: skip
+        store.complete(job.task_id, ttl_s=settings.job_ttl_s, fields={"handoff": "gave_up"})
+        return False
+    log.warning("sweep %s: hand-off lease ran out; re-firing the downstream chain", job.task_id)
+    fire_handoff(record, record.outcome, settings)
+    return True
 
 
 @shared_task(name="seedance.sweep", ignore_result=True)

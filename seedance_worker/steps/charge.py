@@ -26,102 +26,24 @@ import hashlib
 import json
 import logging
 import time
-from decimal import Decimal, InvalidOperation
-from pathlib import Path
+from decimal import Decimal
 from typing import Any
 
 from celery import Task, shared_task
 
-from seedance_worker import metrics
-from seedance_worker.engine.store import PREFIX, get_store
+from seedance_worker import connections, keys, metrics, scripts
 from seedance_worker.errors import ConfigError
 from seedance_worker.models import Charge, Outcome
 from seedance_worker.outage import survive_redis_outage
+from seedance_worker.pricing import compute_amount, format_amount, price_for, price_table
 from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-LEDGER = PREFIX + "ledger"
-LEDGER_BY_TASK = PREFIX + "ledger:by_task"
-PER_MILLION = Decimal(1_000_000)
-QUANTUM = Decimal("0.000001")
-DEFAULT_TIER = "default"
-ANY_MODEL = "*"
-
-# KEYS[1]=ledger:by_task KEYS[2]=ledger; ARGV[1]=task_id ARGV[2]=entry JSON -> {created, entry JSON}
-_CHARGE = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-  return {1, ARGV[2]}
-end
-return {0, redis.call('HGET', KEYS[1], ARGV[1])}
-"""
+LEDGER = keys.LEDGER
+LEDGER_BY_TASK = keys.LEDGER_BY_TASK
 
 
-def _bad_table(path: Path, problem: str) -> ConfigError:
-    return ConfigError(f"SEEDANCE_PRICE_TABLE={path}: {problem}")
-
-
-def _price(path: Path, where: str, value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise _bad_table(path, f'{where}: price must be a decimal string like "2.50", got {value!r}')
-    try:
-        price = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise _bad_table(path, f"{where}: {value!r} is not a decimal number") from None
-    if not price.is_finite() or price < 0:
-        raise _bad_table(path, f"{where}: price must be a finite number >= 0, got {value!r}")
-    return price
-
-
-def load_price_table(path: Path | str) -> dict[tuple[str, str], Decimal]:
-    """``{(model, service_tier): price per million completion tokens}`` from a JSON file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise _bad_table(path, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
-    except UnicodeDecodeError:
-        raise _bad_table(path, "the file is not UTF-8 text") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise _bad_table(path, f"not valid JSON ({exc.msg} at {where})") from None
-    if not isinstance(data, dict):
-        raise _bad_table(path, 'expected an object like {"<model>": {"default": "2.50", "flex": "1.25"}}')
-    table: dict[tuple[str, str], Decimal] = {}
-    for model, tiers in data.items():
-        if not isinstance(tiers, dict) or not tiers:
-            raise _bad_table(
-                path, f"model {model!r}: expected an object of service tier -> price, got {tiers!r}"
-            )
-        for tier, value in tiers.items():
-            table[(str(model), str(tier))] = _price(path, f"{model!r}/{tier!r}", value)
-    return table
-
-
-def price_for(
-    table: dict[tuple[str, str], Decimal], model: str | None, service_tier: str | None
-) -> Decimal | None:
-    """The model's price for the tier, else the ``"*"`` model's; never another tier's price."""
-    tier = service_tier or DEFAULT_TIER
-    for key in ((model or "", tier), (ANY_MODEL, tier)):
-        if key in table:
-            return table[key]
-    return None
-
-
-def format_amount(value: Decimal) -> str:
-    """A Decimal as plain digits: no exponent, no trailing zeros ("0.5445", "12", "0")."""
-    text = format(value.quantize(QUANTUM).normalize(), "f")
-    return "0" if text in ("-0", "") else text
-
-
-def compute_amount(tokens: int | None, price_per_million: Decimal | None) -> str | None:
-    if tokens is None or price_per_million is None:
-        return None
-    return format_amount(Decimal(tokens) * price_per_million / PER_MILLION)
 
 
 def entry_id(task_id: str) -> str:
@@ -136,7 +58,7 @@ def build_entry(out: Outcome, settings: Settings, now: float | None = None) -> d
     total = usage.total_tokens if usage else None
     model = snap.model if snap else None
     tier = snap.service_tier if snap else None
-    price = price_for(settings.price_per_million(), model, tier)
+    price = price_for(price_table(settings.price_table), model, tier)
     billable = completion if completion is not None else total
     amount = compute_amount(billable, price)
     return {
@@ -156,9 +78,9 @@ def build_entry(out: Outcome, settings: Settings, now: float | None = None) -> d
 
 def record_charge(task_id: str, entry: dict[str, Any], settings: Settings) -> tuple[bool, dict[str, Any]]:
     """Write ``entry`` unless the task already has one; returns (created, the stored entry)."""
-    r = get_store(settings).r
+    r = connections.get_redis(settings)
     blob = json.dumps(entry, separators=(",", ":"), sort_keys=True)
-    script = r.register_script(_CHARGE)  # EVALSHA, falling back to EVAL after a Redis restart
+    script = scripts.load(r, __package__ or "", "charge")
     created, stored = script(keys=[LEDGER_BY_TASK, LEDGER], args=[task_id, blob])
     return bool(int(created)), json.loads(stored)
 
@@ -177,7 +99,7 @@ def charge_from_entry(entry: dict[str, Any]) -> Charge:
 
 def get_entry(task_id: str, settings: Settings | None = None) -> dict[str, Any] | None:
     settings = settings or get_settings()
-    raw = get_store(settings).r.hget(LEDGER_BY_TASK, task_id)
+    raw = connections.get_redis(settings).hget(LEDGER_BY_TASK, task_id)
     return json.loads(raw) if raw else None
 
 
@@ -186,7 +108,7 @@ def list_ledger(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The entries in charge order (the last ``limit`` when given) and their totals."""
     settings = settings or get_settings()
-    r = get_store(settings).r
+    r = connections.get_redis(settings)
     start = -limit if limit else 0
     ids = [str(x) for x in r.lrange(LEDGER, start, -1)]
     entries: list[dict[str, Any]] = []

@@ -43,10 +43,9 @@ import requests
 import urllib3
 from celery import Task, shared_task
 
-from seedance_worker import metrics
+from seedance_worker import connections, keys, metrics
 from seedance_worker.client import get_client
 from seedance_worker.engine.handoff import extend_lease
-from seedance_worker.engine.store import PREFIX, get_store
 from seedance_worker.errors import DownloadError, RateLimited, RetryableError, SeedanceError
 from seedance_worker.models import Outcome, TaskSnapshot, VideoFile
 from seedance_worker.outage import survive_redis_outage
@@ -103,7 +102,7 @@ _install_log_redaction()
 
 
 def video_key(task_id: str) -> str:
-    return f"{PREFIX}video:{task_id}"
+    return keys.video(task_id)
 
 
 class _Transient(Exception):
@@ -388,7 +387,7 @@ def fetch_into(
 def _fresh_url(task_id: str, kind: Kind, settings: Settings) -> str | None:
     # This GET is an API call like a poll: it waits for the fleet-wide limiter and honours a 429
     # cool-down (retrying the task after it) instead of hitting an API that asked for quiet.
-    limiter = RateLimiter(get_store(settings).r, settings)
+    limiter = RateLimiter(connections.get_redis(settings), settings)
     permit = limiter.acquire()
     if permit.kind == "cooldown":
         raise _Transient("the API asked for a pause (429)", "url_expired", permit.wait_s)
@@ -525,7 +524,7 @@ def _snapshot(out: Outcome, settings: Settings) -> TaskSnapshot | None:
 
 def stored_video(task_id: str, settings: Settings, storage: Storage) -> VideoFile | None:
     """The VideoFile of an earlier completed download, when its record and its file still agree."""
-    raw = get_store(settings).r.get(video_key(task_id))
+    raw = connections.get_redis(settings).get(video_key(task_id))
     if not raw:
         return None
     try:
@@ -540,7 +539,7 @@ def stored_video(task_id: str, settings: Settings, storage: Storage) -> VideoFil
 def _save_record(task_id: str, video: VideoFile, settings: Settings) -> None:
     record = {**video.model_dump(mode="json"), "stored_at": time.time()}
     blob = json.dumps(record, separators=(",", ":"))
-    get_store(settings).r.set(video_key(task_id), blob, ex=settings.job_ttl_s)
+    connections.get_redis(settings).set(video_key(task_id), blob, ex=settings.job_ttl_s)
 
 
 def fetch_outputs(

@@ -39,8 +39,8 @@ import requests
 from celery import Task, shared_task
 from standardwebhooks.webhooks import Webhook
 
+from seedance_worker import connections, keys, scripts
 from seedance_worker.engine.handoff import extend_lease
-from seedance_worker.engine.store import PREFIX, get_store
 from seedance_worker.models import Notification, Outcome
 from seedance_worker.outage import survive_redis_outage, until_redis_answers
 from seedance_worker.settings import Settings, get_settings
@@ -52,35 +52,7 @@ log = logging.getLogger(__name__)
 NO_URL_ERROR = "no SEEDANCE_NOTIFY_URL configured"
 BACKOFF_CAP_S = 300
 
-# KEYS[1]=delivery hash; ARGV: now, max_attempts, retry_for_s, ttl_s, inflight_until
-# -> {verdict, attempts, in_doubt}: delivered (a 2xx was recorded) | exhausted (budget spent) |
-# busy (another copy is sending right now) | send (attempt claimed); in_doubt = '1' when the last
-# attempt's sender died mid-request (its claim ran out unreleased): the receiver may have it already.
-_CLAIM = """
-local rec = redis.call('HMGET', KEYS[1], 'delivered', 'first_at', 'attempts', 'sending_until')
-local attempts = tonumber(rec[3] or '0')
-if rec[1] == '1' then return {'delivered', tostring(attempts)} end
-local now = tonumber(ARGV[1])
-if rec[4] and tonumber(rec[4]) > now then return {'busy', tostring(attempts)} end
-local first = tonumber(rec[2])
-if not first then
-  redis.call('HSET', KEYS[1], 'first_at', ARGV[1])
-  first = now
-end
-if attempts >= tonumber(ARGV[2]) or (attempts > 0 and now - first > tonumber(ARGV[3])) then
-  return {'exhausted', tostring(attempts)}
-end
-local in_doubt = '0'
-if rec[4] and tonumber(rec[4]) > 0 then
-  in_doubt = '1'
-  redis.call('HINCRBY', KEYS[1], 'in_doubt', 1)
-end
-attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
--- Until this attempt ends (or its timeout passes, if the sender dies), no other copy sends.
-redis.call('HSET', KEYS[1], 'sending_until', ARGV[5])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-return {'send', tostring(attempts), in_doubt}
-"""
+
 
 _warned_unsigned = False
 
@@ -91,7 +63,7 @@ def webhook_id(task_id: str, status: str) -> str:
 
 
 def delivery_key(wid: str) -> str:
-    return f"{PREFIX}delivery:{wid}"
+    return keys.delivery(wid)
 
 
 def backoff_s(attempts: int, cap_s: float = BACKOFF_CAP_S) -> float:
@@ -178,10 +150,10 @@ def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
         log.error("notify task=%s not sent: %s", out.task_id, bad)
         return out.wire()
 
-    r = get_store(settings).r
+    r = connections.get_redis(settings)
     key = delivery_key(wid)
     ttl = int(max(settings.job_ttl_s, settings.notify_retry_for_s * 2))
-    claim = r.register_script(_CLAIM)
+    claim = scripts.load(r, __package__ or "", "notify_claim")
     started = time.time()
     inflight_until = started + settings.notify_timeout_s + 5
     verdict, count, *rest = claim(

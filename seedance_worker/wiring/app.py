@@ -1,4 +1,8 @@
-"""The bundled Celery app (``celery -A seedance_worker worker``) and ``install(app)`` for host apps."""
+"""The bundled Celery app (``celery -A seedance_worker worker``) and ``install(app)`` for host apps.
+
+Importing this module connects the signal handlers (signals.py) and applies the library
+work-arounds (compat.py); both act only for apps registered here as ours.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +10,25 @@ import importlib
 import importlib.util
 import logging
 import sys
-from typing import Any
 
-from celery import Celery, signals
-from celery.signals import worker_init
+from celery import Celery, current_app
+from kombu.entity import Queue
 
-# Imported for their signal handlers (metrics endpoint, JSON/redacted logs) in every worker.
-from seedance_worker import logs as _logs  # noqa: F401
-from seedance_worker import metrics as _metrics  # noqa: F401
+from seedance_worker.client import reset_clients
+from seedance_worker.engine.store import reset_stores
 from seedance_worker.errors import ConfigError
-from seedance_worker.settings import Settings, get_settings
+from seedance_worker.settings import Settings, get_settings, reset_settings_cache
 from seedance_worker.wiring import compat as _compat  # noqa: F401  (kombu work-around, see compat.py)
-from seedance_worker.wiring.conf import (
-    POLL_TASKS,
-    POST_TASKS,
-    TASK_MODULES,
-    beat_schedule,
-    celery_config,
-    routes,
-)
+from seedance_worker.wiring import signals as _signals  # noqa: F401  (connects every handler)
+from seedance_worker.wiring.checks import check_app
+from seedance_worker.wiring.conf import TASK_MODULES, beat_schedule, celery_config, routes
+from seedance_worker.wiring.registry import is_ours, mark_ours
+
+__all__ = ["bundled_app", "check_app", "create_app", "ensure_app", "install", "reset_caches"]
 
 log = logging.getLogger(__name__)
 
-_INSTALLED: set[int] = set()
+_bundled: Celery | None = None
 
 
 def _load_config(app: Celery) -> None:
@@ -46,16 +46,20 @@ def ensure_app() -> Celery:
     Without this, ``track()`` from a plain script would publish through Celery's fallback default
     app (an AMQP broker on localhost) instead of the Redis from SEEDANCE_REDIS_URL.
     """
-    from celery import current_app
-
     current: Celery = current_app._get_current_object()
-    if id(current) in _INSTALLED:
+    if is_ours(current):
         return current
-    import seedance_worker
-
-    bundled: Celery = seedance_worker.app
+    bundled = bundled_app()
     bundled.set_current()
     return bundled
+
+
+def bundled_app() -> Celery:
+    """``seedance_worker.app``: built on first use, so importing the package needs no settings."""
+    global _bundled
+    if _bundled is None:
+        _bundled = create_app()
+    return _bundled
 
 
 def _started_by_celery_cli() -> bool:
@@ -75,7 +79,7 @@ def create_app() -> Celery:
         raise
     app = Celery("seedance_worker")
     _load_config(app)
-    _INSTALLED.add(id(app))
+    mark_ours(app)
     return app
 
 
@@ -104,8 +108,6 @@ def install(app: Celery, settings: Settings | None = None) -> Celery:
 
     queues = app.conf.task_queues
     if queues:
-        from kombu.entity import Queue
-
         names = {q.name for q in queues}
         extra = [Queue(n) for n in (settings.poll_queue, settings.post_queue) if n not in names]
         app.conf.task_queues = (*queues, *extra)
@@ -117,81 +119,13 @@ def install(app: Celery, settings: Settings | None = None) -> Celery:
     accept = list(app.conf.accept_content or ["json"])
     if "json" not in accept:
         app.conf.accept_content = [*accept, "json"]
-    _INSTALLED.add(id(app))
+    mark_ours(app)
     return app
 
 
-def check_app(app: Celery, settings: Settings | None = None) -> list[str]:
-    """Problems that would make polls run twice or hand-offs misfire; empty when all is well."""
-    settings = settings or get_settings()
-    problems: list[str] = []
-    try:
-        settings.check_visibility_timeout()
-    except ConfigError as exc:
-        problems.append(str(exc))
-    broker = str(app.conf.broker_url or "")
-    if broker.startswith(("redis", "rediss", "unix", "sentinel")):
-        vt = (app.conf.broker_transport_options or {}).get("visibility_timeout", 3600)
-        longest = settings.poll_countdown_cap_s + settings.http_read_timeout_s
-        if longest > vt / 2:
-            problems.append(
-                f"broker visibility_timeout={vt} s is too close to SEEDANCE_POLL_COUNTDOWN_CAP_S="
-                f"{settings.poll_countdown_cap_s:g} s plus the read timeout: countdown polls would be "
-                "redelivered and run twice; raise visibility_timeout or lower the cap"
-            )
-    if app.conf.task_serializer != "json":
-        problems.append(f"task_serializer={app.conf.task_serializer!r}: seedance messages must be JSON")
-    for setting in ("on_succeeded", "on_failed"):
-        for name in getattr(settings, setting):
-            if name not in app.tasks:
-                problems.append(
-                    f"SEEDANCE_{setting.upper()} names task {name!r}, which this worker does not know "
-                    "(add its module to the app's include, or fix the name)"
-                )
-    for name in (*POLL_TASKS, *POST_TASKS):
-        if name not in app.tasks:
-            problems.append(f"task {name!r} is not registered: call seedance_worker.install(app)")
-    return problems
-
-
-@worker_init.connect
-def _refuse_bad_start(sender: Any = None, **_: Any) -> None:
-    app = getattr(sender, "app", None)
-    if app is None or id(app) not in _INSTALLED:
-        return
-    app.loader.import_default_modules()
-    try:
-        problems = check_app(app)
-    except ConfigError as exc:
-        problems = [str(exc)]
-    if problems:
-        for p in problems:
-            print(f"seedance-worker: refusing to start: {p}", file=sys.stderr, flush=True)
-        # SystemExit is not swallowed by Celery's signal dispatch (it catches Exception only).
-        raise SystemExit(2)
-
-
-@signals.worker_ready.connect
-def _start_dispatcher(sender: Any = None, **_: Any) -> None:
-    app = getattr(sender, "app", None)
-    if app is not None and id(app) in _INSTALLED:
-        from seedance_worker.engine.dispatch import start_dispatcher
-
-        start_dispatcher()
-
-
-@signals.worker_shutdown.connect
-def _stop_dispatcher(**_: Any) -> None:
-    from seedance_worker.engine.dispatch import stop_dispatcher
-
-    stop_dispatcher()
-
-
-@signals.worker_process_init.connect
-def _fresh_connections(**_: Any) -> None:
-    # Pools inherited over fork share sockets with the parent; each child opens its own.
-    from seedance_worker.client import reset_clients
-    from seedance_worker.engine.store import reset_stores
-
-    reset_clients(close=False)
+def reset_caches() -> None:
+    """Forget this process's settings, HTTP sessions and Redis clients: the next use rebuilds them
+    from the current configuration (the demo after it starts its servers, tests between cases)."""
+    reset_settings_cache()
+    reset_clients()
     reset_stores()

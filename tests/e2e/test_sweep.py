@@ -85,7 +85,7 @@ def test_a_poll_that_keeps_crashing_its_worker_is_ended(sim: Simulator, redis_ur
     seedance_worker.track(tid, on_failed=[])
     store = get_store()
     for _ in range(5):  # five runs that began and died (SIGKILL, OOM) before advancing the job
-        verdict, _, _, _ = store.begin(tid, 1, lease_at=time.time() + 60, max_crashes=5)
+        verdict = store.begin(tid, 1, lease_at=time.time() + 60, max_crashes=5).verdict
         assert verdict == "ok"
     sim.clear_log()
     with pytest.raises(GenerationFailed) as info:
@@ -131,7 +131,7 @@ def test_a_backlogged_queue_is_not_taken_for_lost_messages(redis_url: str) -> No
     store.register("cgt-lagging-job", "celery-id-1", now=now - 30, lease_at=now - 3, fields={})
     # Another job's poll starts 10 s after its due time: the queue is 10 s behind.
     store.register("cgt-other-job", "celery-id-2", now=now, lease_at=now + 60, fields={})
-    verdict, _, _, _ = store.begin("cgt-other-job", 1, lease_at=now + 60, max_crashes=5, lag_s=10.0)
+    verdict = store.begin("cgt-other-job", 1, lease_at=now + 60, max_crashes=5, lag_s=10.0).verdict
     assert verdict == "ok" and 9.9 < store.fleet_lag_s() <= 10.0
     assert run_sweep() == 0
     assert run_sweep(now=time.time() + 8) == 1  # 11 s past its deadline: lost after all

@@ -15,16 +15,13 @@ import pytest
 from seedance_worker.engine.store import get_store, reset_stores
 from seedance_worker.errors import ConfigError
 from seedance_worker.models import Charge, Outcome
+from seedance_worker.pricing import compute_amount, format_amount, load_price_table, price_for
 from seedance_worker.settings import get_settings, reset_settings_cache
 from seedance_worker.steps.charge import (
     LEDGER,
     LEDGER_BY_TASK,
     charge_usage,
-    compute_amount,
-    format_amount,
     list_ledger,
-    load_price_table,
-    price_for,
 )
 
 MODEL = "seedance-1-5-pro-251215"

@@ -109,9 +109,13 @@ def test_every_redis_key_name_comes_from_keys_py() -> None:
             and isinstance(n.body[0].value, ast.Constant)
         }
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-                if node.value.startswith("seedance:"):
-                    spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and node.value.startswith("seedance:")
+            ):
+                spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
     assert spelled == []
 
 

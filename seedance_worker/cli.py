@@ -230,11 +230,11 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seedance-worker", description="Seedance video jobs inside Celery.")
-    p.add_argument("--version", action="version", version=f"seedance-worker {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+Sub = Any  # argparse's sub-parsers action (its type is private to argparse)
 
+
+def _add_job_commands(sub: Sub) -> None:
+    """The commands that start or show jobs: demo, submit, track, status, jobs, ledger."""
     s = sub.add_parser("demo", help="run the whole job on an embedded Redis, simulator and worker")
     s.add_argument("--jobs", type=int, default=4, help="how many videos to generate (default 4)")
     s.add_argument("--dir", default="seedance-demo", help="where videos, ledger and logs go")
@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_ledger)
 
+
+def _add_operations_commands(sub: Sub) -> None:
+    """The commands that run services or maintenance: simulate, check, sweep, intake."""
     s = sub.add_parser("simulate", help="run the local Ark API simulator")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8089)
@@ -301,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8090)
     s.set_defaults(func=cmd_intake)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seedance-worker", description="Seedance video jobs inside Celery.")
+    p.add_argument("--version", action="version", version=f"seedance-worker {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_job_commands(sub)
+    _add_operations_commands(sub)
     return p
 
 

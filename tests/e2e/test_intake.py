@@ -210,7 +210,7 @@ def test_callbacks_bring_downstream_within_a_second_of_success(
     env.setenv("SEEDANCE_API_BASE_URL", sim.base_url)
     _reset_caches()
     try:
-        with Workers(tmp_path, n=1, concurrency=4, extra_args=["--include", "tests.test_intake"]) as ws:
+        with Workers(tmp_path, n=1, concurrency=4, extra_args=["--include", "tests.e2e.test_intake"]) as ws:
             submitted = []
             for i in range(JOBS):  # a steady ~3 jobs/s: the successes arrive spread out, as in production
                 submitted.append(

@@ -64,7 +64,7 @@ def json_worker(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iter
     _reset_caches()
     clean_redis(redis_url)
     try:
-        with Workers(tmp_path, n=1, concurrency=2, extra_args=["-l", "DEBUG", "--include", "tests.test_logs"]) as ws:
+        with Workers(tmp_path, n=1, concurrency=2, extra_args=["-l", "DEBUG", "--include", "tests.e2e.test_logs"]) as ws:
             yield sim, ws
     finally:
         hook.shutdown()

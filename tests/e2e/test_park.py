@@ -13,7 +13,8 @@ import redis
 from celery import chain
 
 import seedance_worker
-from seedance_worker.engine.store import PARKED, get_store
+from seedance_worker.engine.store import get_store
+from seedance_worker.keys import PARKED
 from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
 from tests.support.e2e_tasks import CANVAS_KEY

@@ -14,9 +14,10 @@ from celery import chain
 from celery.result import AsyncResult
 
 import seedance_worker
-from seedance_worker.engine.store import DUE, LAG, get_store
+from seedance_worker.engine.store import get_store
 from seedance_worker.engine.sweep import run_sweep
 from seedance_worker.errors import GenerationFailed
+from seedance_worker.keys import DUE, LAG
 from seedance_worker.testing.simulator import Simulator
 from tests.conftest import _reset_caches, clean_redis
 from tests.support.e2e_tasks import CANVAS_KEY

@@ -4,7 +4,7 @@ expired download URLs), one SIGKILL of a whole worker and one Redis restart.
 
 Every job must reach its right Outcome, every succeeded job be charged exactly once, every job's
 notification be delivered (2xx) exactly once, every file match its sha256; no GET before a
-Retry-After, no poll after a job's end, no secret in any log, record or result. See harness.py for
+Retry-After, no poll after a job's end, no secret in any log, record or result. See checks.py for
 the exact checks; the report (and the logs) stay in the test's tmp dir.
 """
 

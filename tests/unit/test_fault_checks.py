@@ -1,0 +1,193 @@
+"""The fault harness's checks (tests/faults/checks.py) on hand-built run data: clean data passes, and
+each planted violation is caught by its check (and fails the report)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from seedance_worker.engine.store import JobRecord
+from seedance_worker.steps.notify import webhook_id
+from seedance_worker.testing.simulator import RequestRecord
+from tests.faults import checks
+from tests.faults.rundata import Job, KillEvent, RunData, Timeline
+from tests.faults.services import Delivery
+
+T0 = 1_000.0
+SHA = hashlib.sha256(b"video").hexdigest()
+API_KEY = "sk-faults-0123456789abcdef"
+SECRET = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ="
+
+
+def get(tid: str, ts: float, status: int = 200, fault: str | None = None, rid: str = "") -> RequestRecord:
+    return RequestRecord(
+        ts=ts, method="GET", path=f"/api/v3/contents/generations/tasks/{tid}", task_id=tid, status=status,
+        request_id=rid or f"r-{tid}-{ts}", kind="get", fault=fault, headers={}, query={},
+    )  # fmt: skip
+
+
+def file_403(tid: str, ts: float) -> RequestRecord:
+    return RequestRecord(
+        ts=ts, method="GET", path=f"/files/{tid}.mp4", task_id=tid, status=403, request_id=f"f-{tid}-{ts}",
+        kind="file", fault="expire_first_download", headers={}, query={},
+    )  # fmt: skip
+
+
+def record(tid: str, status: str, terminal_at: float) -> JobRecord:
+    outcome: dict[str, Any] = {"status": status, "notification": {"delivered": True}}
+    if status == "succeeded":
+        outcome |= {"video": {"sha256": SHA}, "charge": {"amount": "2.50"}}
+    return JobRecord(
+        task_id=tid, state="done", status=status, handoff="done", terminal_at=terminal_at, outcome=outcome
+    )
+
+
+def delivery(tid: str, status: str, ts: float, code: int = 200) -> Delivery:
+    return Delivery(ts, webhook_id(tid, status), tid, status, code, True, None, b'{"ok":1}')
+
+
+def clean_run() -> RunData:
+    """Two jobs, one succeeded (charged, downloaded after one URL refresh) and one failed."""
+    jobs = {"t-ok": Job("t-ok", "succeeded", "track", T0), "t-bad": Job("t-bad", "failed", "track", T0)}
+    return RunData(
+        seed=1,
+        jobs=jobs,
+        timeline=Timeline(t0=T0),
+        settled_at=T0 + 20,
+        drained=True,
+        residual={"seedance.poll": 0, "seedance.post": 0, "unacked": 0},
+        countdown_cap_s=5.0,
+        api_key=API_KEY,
+        webhook_secret=SECRET,
+        records={"t-ok": record("t-ok", "succeeded", T0 + 5), "t-bad": record("t-bad", "failed", T0 + 6)},
+        ledger_ids=["t-ok"],
+        ledger_entries=[{"task_id": "t-ok"}],
+        requests=[
+            get("t-ok", T0 + 1),
+            get("t-ok", T0 + 5),
+            get("t-bad", T0 + 2),
+            get("t-bad", T0 + 6),
+            file_403("t-ok", T0 + 7),
+            get("t-ok", T0 + 7.2),  # the download's URL refresh after the 403: no poll
+        ],
+        sim_states={"t-ok": {"status": "succeeded"}, "t-bad": {"status": "failed"}},
+        served_sha256={"t-ok": SHA},
+        deliveries=[delivery("t-ok", "succeeded", T0 + 8), delivery("t-bad", "failed", T0 + 6.5)],
+        files={"t-ok.mp4"},
+        file_sha256={"t-ok": SHA},
+        logs={"w1.log": "t-ok polled\nt-bad failed\n"},
+        redis_values=[("seedance:job:t-ok", [b"state=done"])],
+    )
+
+
+def test_clean_run_passes_every_check() -> None:
+    report = checks.judge(clean_run())
+    assert report["failures"] == []
+    assert report["lost"] == 0 and report["duplicate_charges"] == 0 and report["duplicate_deliveries"] == 0
+    assert report["polls_after_end"] == 0 and report["url_refresh_gets"] == 1
+    assert report["retry_after_violations"] == 0 and report["secret_leaks"] == 0
+    assert list(report)[-2:] == ["failures", "failure_details"]
+    assert report["outcomes"] == report["expected_outcomes"] == {"failed": 1, "succeeded": 1}
+
+
+def test_duplicate_charge_fails() -> None:
+    run = clean_run()
+    run.ledger_ids = ["t-ok", "t-ok"]
+    run.ledger_entries = [{"task_id": "t-ok"}, {"task_id": "t-ok"}]
+    found = checks.check_no_duplicate_charge(run)
+    assert found.failures == ["t-ok: charged 2 times"] and found.fields["duplicate_charges"] == 1
+    assert found.details[0]["job"] == "t-ok" and found.details[0]["log"] == ["w1.log: t-ok polled"]
+    assert checks.judge(run)["failures"] == ["t-ok: charged 2 times"]
+
+
+def test_charge_of_a_failed_job_fails() -> None:
+    run = clean_run()
+    run.ledger_ids = ["t-ok", "t-bad"]
+    assert checks.check_charges_match_successes(run).failures == [
+        "t-bad: charged but did not succeed",
+        "ledger: 2 ids but 1 entries",
+    ]
+
+
+def test_lost_job_fails() -> None:
+    run = clean_run()
+    run.records["t-bad"] = None
+    found = checks.check_outcomes(run)
+    assert found.fields["lost"] == 1
+    assert found.failures == ["t-bad: lost: record state None, expected done/failed"]
+    report = checks.judge(run)
+    assert (
+        report["lost"] == 1 and "t-bad: lost: record state None, expected done/failed" in report["failures"]
+    )
+
+
+def test_poll_after_the_end_fails_but_a_url_refresh_does_not() -> None:
+    run = clean_run()
+    assert checks.check_no_poll_after_end(run).failures == []
+    run.requests.append(get("t-bad", T0 + 9))  # the failed job's chain polled again
+    found = checks.check_no_poll_after_end(run)
+    assert found.fields["polls_after_end"] == 1 and found.fields["url_refresh_gets"] == 1
+    assert found.failures == [
+        "t-bad: 1 GET(s) after the terminal poll (1006.000) not explained by a URL refresh"
+    ]
+    assert found.details[0]["gets_after"] == [(3.0, 200, None)]
+
+
+def test_get_before_retry_after_fails_by_arrival_time() -> None:
+    run = clean_run()
+    run.requests += [get("t-ok", T0 + 2, status=429, fault="429_burst", rid="r429"), get("t-ok", T0 + 3.5)]
+    run.retry_after = {"r429": 2.0}
+    found = checks.check_retry_after(run)
+    assert found.fields == {"responses_429": 1, "retry_after_violations": 1}
+    assert found.failures == ["t-ok: GET 1.500s after a 429 (429_burst) with Retry-After 2"]
+    run.retry_after = {"r429": 1.0}
+    assert checks.check_retry_after(run).failures == []
+
+
+def test_repeated_delivery_is_a_duplicate_unless_in_doubt() -> None:
+    run = clean_run()
+    run.deliveries.append(delivery("t-ok", "succeeded", T0 + 9))
+    wid = webhook_id("t-ok", "succeeded")
+    found = checks.check_no_duplicate_delivery(run)
+    assert found.failures == [f"{wid}: delivered 2xx 2 times"] and found.fields["duplicate_deliveries"] == 1
+    assert checks.check_one_delivery_per_job(run).failures == ["t-ok: 2 2xx deliveries (expected exactly 1)"]
+    # The sender was SIGKILLed right after the first 2xx, and the product counted its resend.
+    run.kills = [KillEvent(T0 + 8.3, "w1", [], True)]
+    run.in_doubt_counted = {wid: 1}
+    report = checks.judge(run)
+    assert report["failures"] == []
+    assert report["duplicate_deliveries"] == 0 and report["in_doubt_resends"] == 1
+
+
+def test_secret_in_redis_or_a_log_fails() -> None:
+    run = clean_run()
+    run.redis_values.append(("seedance:job:t-bad", [b"last_error=key " + API_KEY.encode()]))
+    run.logs["beat.log"] = "secret " + SECRET.removeprefix("whsec_")
+    found = checks.check_no_secret(run)
+    assert found.fields["secret_leaks"] == 2
+    assert found.failures == ["secret found in log beat.log", "secret found in redis key seedance:job:t-bad"]
+
+
+def test_missing_or_wrong_video_fails() -> None:
+    run = clean_run()
+    run.file_sha256 = {"t-ok": "0" * 64}
+    run.files |= {"t-ok.mp4.part"}
+    failures = checks.check_files(run).failures
+    assert failures[0] == "partial file left: t-ok.mp4.part"
+    assert failures[1].startswith("t-ok: sha256 mismatch: file 000000000000")
+    run.file_sha256 = {}
+    assert checks.check_files(run).failures[-1] == "t-ok: video file missing"
+
+
+def test_resume_over_budget_fails() -> None:
+    run = clean_run()
+    run.records["t-ok"] = record("t-ok", "succeeded", T0 + 50)
+    run.kills = [KillEvent(T0 + 3, "w2", ["t-ok"], True)]
+    run.requests.append(get("t-ok", T0 + 40))
+    run.requests.remove(run.requests[1])  # the GET at +5 s
+    found = checks.check_resume_budget(run)
+    assert found.fields["resume"]["budget_s"] == 35.0 and found.fields["resume_p99_s"] == 4.2
+    assert found.failures == []
+    run.requests = [r for r in run.requests if r.task_id != "t-ok" or r.ts >= T0 + 40]
+    found = checks.check_resume_budget(run)
+    assert found.failures == ["t-ok: resumed 37.0 s after its worker's SIGKILL (> 35 s)"]

@@ -20,10 +20,9 @@ from celery import Celery, current_app
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from seedance_worker import install
-from seedance_worker.client import reset_clients
-from seedance_worker.engine.store import reset_stores
-from seedance_worker.settings import get_settings, reset_settings_cache
+from seedance_worker.settings import get_settings
 from seedance_worker.testing.simulator import Simulator
+from seedance_worker.wiring.app import reset_caches
 from seedance_worker.wiring.conf import celery_config
 
 
@@ -120,12 +119,6 @@ class WebhookReceiver:
         return code, b'{"ok":true}' if code == 200 else b'{"error":"try again"}'
 
 
-def _reset_product_caches() -> None:
-    reset_settings_cache()
-    reset_clients()
-    reset_stores()
-
-
 @contextlib.contextmanager
 def seedance_environ(values: dict[str, str]) -> Iterator[None]:
     """Exactly these SEEDANCE_* variables for the run (workers inherit them); restored afterwards."""
@@ -133,14 +126,14 @@ def seedance_environ(values: dict[str, str]) -> Iterator[None]:
     for k in saved:
         del os.environ[k]
     os.environ.update(values)
-    _reset_product_caches()
+    reset_caches()
     try:
         yield
     finally:
         for k in [k for k in os.environ if k.upper().startswith("SEEDANCE_")]:
             del os.environ[k]
         os.environ.update(saved)
-        _reset_product_caches()
+        reset_caches()
 
 
 @contextlib.contextmanager

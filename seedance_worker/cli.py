@@ -1,4 +1,4 @@
-"""``seedance-worker`` (also ``python -m seedance_worker``): the command line (interface.md 5)."""
+"""``seedance-worker`` (also ``python -m seedance_worker``): the command line."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Parsing is tolerant where the API drifts (absent and ``null`` alike, integers sent as strings,
 unknown fields kept, undocumented statuses kept as strings) and strict where we send (the create
-request is validated against ark-api.md section 2.1 before anything goes out).
+request is validated against the documented create parameters before anything goes out).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Usage(_Open):
 
 
 class TaskSnapshot(_Open):
-    """One GET of ``/contents/generations/tasks/{id}`` (ark-api.md section 2.2)."""
+    """One GET of ``/contents/generations/tasks/{id}`` (Ark's task object)."""
 
     id: str
     model: str | None = None
@@ -148,7 +148,7 @@ class TaskList(_Open):
     total: LooseInt = 0
 
 
-# --- the create request (ark-api.md section 2.1) --------------------------------------------------
+# --- the create request (POST /contents/generations/tasks) ------------------------------------
 
 ImageRole = Literal["first_frame", "last_frame", "reference_image"]
 
@@ -301,7 +301,7 @@ class Notification(BaseModel):
 
 
 class Outcome(BaseModel):
-    """The terminal result of one remote task, handed to every downstream task (interface.md 3)."""
+    """The terminal result of one remote task, handed to every downstream task (README: Outcome)."""
 
     model_config = ConfigDict(extra="allow")
 

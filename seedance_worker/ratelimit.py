@@ -4,7 +4,7 @@ Celery's ``rate_limit`` is per worker; N workers would send N times the rate. He
 reserves a slot from one Lua script (the clock is Redis's ``TIME``, so hosts need not agree on the
 time). A reservation always advances the "theoretical arrival time" and returns when the slot is,
 so a poll is scheduled for its slot and rescheduled at most once for the limiter, instead of
-checking and retrying in a storm (celery-polling.md section 4). Waits are computed and returned in
+checking and retrying in a storm. Waits are computed and returned in
 whole microseconds: Redis truncates Lua numbers to integers, and a fractional wait returned in
 milliseconds would read as 0 ("go now") and let the limiter leak.
 

@@ -156,7 +156,7 @@ class Settings(BaseSettings):
         """Refuse a countdown cap near the broker's visibility timeout.
 
         A countdown message waits unacked in a worker; once it is older than the visibility timeout,
-        kombu restores it to the queue and it runs twice (celery-polling.md section 1). Half the
+        kombu restores it to the queue and it runs twice. Half the
         timeout leaves room for the task's own runtime and the restore sweep.
         """
         longest = self.poll_countdown_cap_s + self.http_read_timeout_s + self.http_connect_timeout_s

@@ -3,7 +3,7 @@
 A poll whose next wait is longer than ``SEEDANCE_POLL_PARK_AFTER_S`` is not sent as a countdown
 message: on the Redis transport every countdown message is pulled at once by some worker and held
 in its memory, unacked, for the whole wait (6-12 KB of RSS each, stuck until the visibility timeout
-if that worker is SIGKILLed; celery-polling.md sections 1 and 6). It is parked in the
+if that worker is SIGKILLed, until the visibility timeout). It is parked in the
 ``seedance:parked`` zset instead (score = due time). Every worker's main process runs a small
 dispatcher thread that claims the parked polls due within the next tick (one atomic Lua script, so
 each is published by exactly one worker) and publishes them with the remaining few hundred

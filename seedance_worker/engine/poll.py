@@ -168,7 +168,7 @@ def _again(task: Task, task_id: str, options: dict[str, Any], countdown_s: float
         (task_id,),
         {"options": options},
         countdown=max(0.0, countdown_s),
-        # An `expires` set by the caller is absolute and would revoke a later poll (celery-polling 5).
+        # An `expires` set by the caller is absolute and would revoke a later poll of the same id.
         expires=None,
     )
     sig.apply_async()

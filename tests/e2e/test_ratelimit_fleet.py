@@ -1,4 +1,4 @@
-"""The fleet-wide limit holds across three real worker processes at 10x over-demand (issue 5)."""
+"""The fleet-wide limit holds across three real worker processes at 10x over-demand."""
 
 from __future__ import annotations
 

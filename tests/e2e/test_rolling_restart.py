@@ -1,5 +1,5 @@
 """A rolling restart of every worker (SIGTERM one by one) mid-run loses nothing, duplicates nothing,
-and costs at most one extra poll per job (issue 5)."""
+and costs at most one extra poll per job."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parsing the API's bodies (ark-api.md section 8) and validating create requests."""
+"""Parsing the API's bodies (tolerant where the API drifts) and validating create requests."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def test_sub_millisecond_waits_are_not_rounded_to_zero(redis_url: str) -> None:
     """At 5,000/s, 200 back-to-back reservations get waits of 200 us, 400 us, ... never 0.
 
     A script returning fractional milliseconds would be truncated by Redis to 0 ("go now") and
-    let the limiter leak (celery-polling.md section 4); waits are returned in whole microseconds.
+    let the limiter leak; waits are returned in whole microseconds.
     """
     rl = limiter(redis_url, 5000)
     client = redis.Redis.from_url(redis_url)

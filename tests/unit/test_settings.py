@@ -9,7 +9,7 @@ from seedance_worker.settings import load_settings
 
 
 def test_defaults_match_the_interface() -> None:
-    """Defaults from interface.md section 4."""
+    """Defaults of the README's settings table."""
     s = load_settings({})
     assert s.api_base_url == "https://ark.ap-southeast.bytepluses.com/api/v3"
     assert s.redis_url == "redis://localhost:6379/0"

@@ -93,8 +93,10 @@ class JobRecord:
                 values[k] = float(v) if v != "" else None
             elif k in INT_FIELDS:
                 values[k] = int(float(v)) if v != "" else None
-            else:
+            elif k in ("owner", "state"):
                 values[k] = v
+            else:
+                values[k] = v if v != "" else None  # written as '' for None (encode_fields)
         if values.get("metadata") is None:
             values["metadata"] = {}
         return cls(task_id=task_id, **values)

@@ -300,6 +300,15 @@ def test_advance_with_park_at_parks_the_job(lab: Lab) -> None:
     assert lab.due(tid) == lab.t + 300
 
 
+def test_advance_without_park_drops_a_parked_entry_left_from_before(lab: Lab) -> None:
+    """A parked job re-driven (by the sweeper) and advanced to a countdown leaves the parked index, so
+    the dispatcher cannot publish a second copy of its current generation later."""
+    tid = lab.job(lease=10, park=lab.t + 200)
+    assert lab.store.advance(tid, 1, lease_at=lab.t + 30, fields={}, park_at=0.0)
+    assert lab.parked(tid) is None
+    assert all(d.task_id != tid for d in lab.store.claim_due(horizon=lab.t + 1000, limit=1000))
+
+
 def test_advance_of_a_finished_job_returns_false(lab: Lab) -> None:
     """A job that is no longer polling cannot be advanced, even at its current gen."""
     tid = lab.job(lease=10)

@@ -47,6 +47,7 @@ from seedance_worker import connections, keys, metrics
 from seedance_worker.client import get_client
 from seedance_worker.engine.handoff import extend_lease
 from seedance_worker.errors import DownloadError, RateLimited, RetryableError, SeedanceError
+from seedance_worker.logs import redact as redact
 from seedance_worker.models import Outcome, TaskSnapshot, VideoFile
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.ratelimit import RateLimiter
@@ -125,14 +126,6 @@ class _Stored:
     sha256: str
     bytes: int
     content_type: str
-
-
-def redact(url: str) -> str:
-    """``scheme://host/path`` of a URL: signed URLs carry their credentials in the query string."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def host_allowed(url: str, patterns: list[str]) -> bool:

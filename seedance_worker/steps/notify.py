@@ -41,10 +41,10 @@ from standardwebhooks.webhooks import Webhook
 
 from seedance_worker import connections, keys, scripts
 from seedance_worker.engine.handoff import extend_lease
+from seedance_worker.logs import redact
 from seedance_worker.models import Notification, Outcome
 from seedance_worker.outage import survive_redis_outage, until_redis_answers
 from seedance_worker.settings import Settings, get_settings
-from seedance_worker.steps.download import redact
 from seedance_worker.version import __version__
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Literal, NoReturn
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_RESUMES = 3
 MAX_REDIRECTS = 5
+MAX_RESTARTS = 2  # from byte 0, when the server will not resume as asked
 CHUNK_BYTES = 64 * 1024
 LEASE_EVERY_S = 60.0
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -210,6 +211,190 @@ def _rehash(tmp: PartialFile, max_bytes: int) -> hashlib._Hash:
     return hasher
 
 
+class _Again(Exception):
+    """This attempt ended early (a dropped connection, a restart): open the URL again."""
+
+
+class _Fetch:
+    """One file's fetch across its attempts.
+
+    Each attempt opens the URL (``open``), checks the answer (``validate``), lines its range up with
+    what ``tmp`` already holds (``resume``), streams the body (``stream``) and checks that all of it
+    arrived (``finish``). A step that needs another attempt raises ``_Again``.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        url: str,
+        tmp: PartialFile,
+        kind: Kind,
+        settings: Settings,
+        on_progress: Callable[[], None] | None,
+    ) -> None:
+        self.session = session
+        self.url = url
+        self.tmp = tmp
+        self.kind: Kind = kind
+        self.settings = settings
+        self.on_progress = on_progress
+        self.where = redact(url)
+        self.max_bytes = settings.download_max_bytes
+        self.hasher = _rehash(tmp, self.max_bytes)
+        self.drops = 0
+        self.restarts = 0
+
+    def run(self) -> tuple[str, int, str]:
+        while True:
+            try:
+                return self.attempt()
+            except _Again:
+                continue
+
+    def attempt(self) -> tuple[str, int, str]:
+        resp = self.open()
+        try:
+            media_type = self.validate(resp)
+            total = self.resume(resp)
+            self.stream(resp, total)
+            return self.finish(total, media_type)
+        finally:
+            resp.close()
+
+    def open(self) -> requests.Response:
+        headers = {"Accept-Encoding": "identity", "User-Agent": f"seedance-worker/{__version__}"}
+        if self.tmp.offset:
+            headers["Range"] = f"bytes={self.tmp.offset}-"
+        try:
+            return _get(self.session, self.url, headers, self.settings)
+        except _TRANSPORT_ERRORS as exc:
+            if self._dropped():
+                raise Transient(
+                    f"{self.where}: {type(exc).__name__} ({self.drops} times)", "http_error"
+                ) from None
+            raise _Again from None
+
+    def validate(self, resp: requests.Response) -> str:
+        """The answer's media type, once its status says the body is worth reading."""
+        status = resp.status_code
+        if status in _EXPIRED:
+            raise Expired(f"{self.where} answered HTTP {status}")
+        if status == 416 and self.tmp.offset:
+            self._start_over("the server refused the resume range (416)")
+        if status == 429 or status >= 500:
+            raise Transient(f"{self.where} answered HTTP {status}", "http_error")
+        if status not in (200, 206):
+            raise DownloadError(f"{self.where} answered HTTP {status}", "http_error")
+        media_type = _media_type(resp)
+        if not _acceptable(media_type, self.kind):
+            what = "a video" if self.kind == "video" else "an image"
+            raise DownloadError(f"{self.where} is not {what} (Content-Type {media_type})", "not_a_video")
+        return media_type
+
+    def resume(self, resp: requests.Response) -> int | None:
+        """The whole file's size when known; a ``200`` to a resume restarts the partial file."""
+        length = _int_header(resp, "Content-Length")
+        if resp.status_code == 206:
+            total = self._ranged_total(resp, length)
+        else:
+            if self.tmp.offset:  # the server ignored Range and sends everything again
+                log.info("download %s: server ignored Range; restarting from byte 0", self.where)
+                self.hasher = _restart(self.tmp)
+            total = length
+        if total is not None and total > self.max_bytes:
+            raise DownloadError(
+                f"{self.where} is {total} bytes, above SEEDANCE_DOWNLOAD_MAX_BYTES={self.max_bytes}",
+                "too_large",
+            )
+        return total
+
+    def _ranged_total(self, resp: requests.Response, length: int | None) -> int | None:
+        rng = _content_range(resp.headers.get("Content-Range"))
+        if rng is None or rng[0] != self.tmp.offset:
+            self._start_over("the server answered a different range than asked")
+        total = rng[2]
+        if total is None and length is not None:
+            total = self.tmp.offset + length
+        if total is not None and length is not None and length != total - self.tmp.offset:
+            raise DownloadError(
+                f"{self.where}: Content-Length {length} does not match Content-Range "
+                f"{resp.headers.get('Content-Range')}",
+                "length_mismatch",
+            )
+        return total
+
+    def stream(self, resp: requests.Response, total: int | None) -> None:
+        """Append the body to ``tmp``, extending the lease now and then; a drop resumes."""
+        last_progress = time.monotonic()
+        try:
+            for chunk in _chunks(resp):
+                if not chunk:
+                    continue
+                self._write(chunk)
+                if self.on_progress and time.monotonic() - last_progress > LEASE_EVERY_S:
+                    last_progress = time.monotonic()
+                    self.on_progress()
+        except _TRANSPORT_ERRORS as exc:
+            self.tmp.fh.flush()
+            if self._dropped():
+                kind_ = "length_mismatch" if total is not None else "http_error"
+                raise Transient(
+                    f"{self.where}: connection dropped {self.drops} times ({type(exc).__name__}); "
+                    f"{self.tmp.offset} of {total if total is not None else '?'} bytes",
+                    kind_,
+                ) from None
+            log.info(
+                "download %s: connection dropped at byte %d (%s); resuming",
+                self.where,
+                self.tmp.offset,
+                type(exc).__name__,
+            )
+            raise _Again from None
+
+    def _write(self, chunk: bytes) -> None:
+        tmp = self.tmp
+        if tmp.offset == 0 and self.kind == "video" and _looks_like_markup(chunk[:512]):
+            raise DownloadError(f"{self.where} sent markup, not a video", "not_a_video")
+        if tmp.offset + len(chunk) > self.max_bytes:
+            raise DownloadError(
+                f"{self.where} is above SEEDANCE_DOWNLOAD_MAX_BYTES={self.max_bytes}", "too_large"
+            )
+        tmp.fh.write(chunk)
+        self.hasher.update(chunk)
+        tmp.offset += len(chunk)
+
+    def finish(self, total: int | None, media_type: str) -> tuple[str, int, str]:
+        """(sha256, bytes, content type) once the body is all there; a short body resumes."""
+        offset = self.tmp.offset
+        if total is not None and offset != total:
+            if offset < total:
+                if self._dropped():
+                    raise Transient(
+                        f"{self.where}: body ended at {offset} of {total} bytes ({self.drops} times)",
+                        "length_mismatch",
+                    )
+                raise _Again
+            raise DownloadError(
+                f"{self.where}: received {offset} bytes, Content-Length said {total}", "length_mismatch"
+            )
+        if offset == 0:
+            raise DownloadError(f"{self.where} sent an empty body", "length_mismatch")
+        return self.hasher.hexdigest(), offset, media_type
+
+    def _dropped(self) -> bool:
+        """Count one lost connection (or short body); True once there were more than MAX_RESUMES."""
+        self.drops += 1
+        return self.drops > MAX_RESUMES
+
+    def _start_over(self, why: str) -> NoReturn:
+        self.restarts += 1
+        if self.restarts > MAX_RESTARTS:
+            raise DownloadError(f"{self.where}: {why} (gave up after {self.restarts} restarts)", "http_error")
+        log.info("download %s: %s; starting over from byte 0", self.where, why)
+        self.hasher = _restart(self.tmp)
+        raise _Again
+
+
 def fetch_into(
     session: requests.Session,
     url: str,
@@ -220,121 +405,4 @@ def fetch_into(
     on_progress: Callable[[], None] | None = None,
 ) -> tuple[str, int, str]:
     """Stream ``url`` into ``tmp`` (resuming what it holds); returns (sha256, bytes, content type)."""
-    max_bytes = settings.download_max_bytes
-    hasher = _rehash(tmp, max_bytes)
-    drops = 0
-    restarts = 0
-    where = redact(url)
-
-    def start_over(why: str) -> None:
-        nonlocal hasher, restarts
-        restarts += 1
-        if restarts > 2:
-            raise DownloadError(f"{where}: {why} (gave up after {restarts} restarts)", "http_error")
-        log.info("download %s: %s; starting over from byte 0", where, why)
-        hasher = _restart(tmp)
-
-    while True:
-        headers = {"Accept-Encoding": "identity", "User-Agent": f"seedance-worker/{__version__}"}
-        if tmp.offset:
-            headers["Range"] = f"bytes={tmp.offset}-"
-        total: int | None = None
-        try:
-            resp = _get(session, url, headers, settings)
-        except _TRANSPORT_ERRORS as exc:
-            drops += 1
-            if drops > MAX_RESUMES:
-                raise Transient(f"{where}: {type(exc).__name__} ({drops} times)", "http_error") from None
-            continue
-        try:
-            status = resp.status_code
-            if status in _EXPIRED:
-                raise Expired(f"{where} answered HTTP {status}")
-            if status == 416 and tmp.offset:
-                start_over("the server refused the resume range (416)")
-                continue
-            if status == 429 or status >= 500:
-                raise Transient(f"{where} answered HTTP {status}", "http_error")
-            if status not in (200, 206):
-                raise DownloadError(f"{where} answered HTTP {status}", "http_error")
-            media_type = _media_type(resp)
-            if not _acceptable(media_type, kind):
-                what = "a video" if kind == "video" else "an image"
-                raise DownloadError(f"{where} is not {what} (Content-Type {media_type})", "not_a_video")
-            length = _int_header(resp, "Content-Length")
-            if status == 206:
-                rng = _content_range(resp.headers.get("Content-Range"))
-                if rng is None or rng[0] != tmp.offset:
-                    start_over("the server answered a different range than asked")
-                    continue
-                total = rng[2]
-                if total is None and length is not None:
-                    total = tmp.offset + length
-                if total is not None and length is not None and length != total - tmp.offset:
-                    raise DownloadError(
-                        f"{where}: Content-Length {length} does not match Content-Range "
-                        f"{resp.headers.get('Content-Range')}",
-                        "length_mismatch",
-                    )
-            else:
-                if tmp.offset:  # the server ignored Range and sends everything again
-                    log.info("download %s: server ignored Range; restarting from byte 0", where)
-                    hasher = _restart(tmp)
-                total = length
-            if total is not None and total > max_bytes:
-                raise DownloadError(
-                    f"{where} is {total} bytes, above SEEDANCE_DOWNLOAD_MAX_BYTES={max_bytes}", "too_large"
-                )
-            last_progress = time.monotonic()
-            try:
-                for chunk in _chunks(resp):
-                    if not chunk:
-                        continue
-                    if tmp.offset == 0 and kind == "video" and _looks_like_markup(chunk[:512]):
-                        raise DownloadError(f"{where} sent markup, not a video", "not_a_video")
-                    if tmp.offset + len(chunk) > max_bytes:
-                        raise DownloadError(
-                            f"{where} is above SEEDANCE_DOWNLOAD_MAX_BYTES={max_bytes}", "too_large"
-                        )
-                    tmp.fh.write(chunk)
-                    hasher.update(chunk)
-                    tmp.offset += len(chunk)
-                    if on_progress and time.monotonic() - last_progress > LEASE_EVERY_S:
-                        last_progress = time.monotonic()
-                        on_progress()
-            except _TRANSPORT_ERRORS as exc:
-                tmp.fh.flush()
-                drops += 1
-                if drops > MAX_RESUMES:
-                    kind_ = "length_mismatch" if total is not None else "http_error"
-                    raise Transient(
-                        f"{where}: connection dropped {drops} times ({type(exc).__name__}); "
-                        f"{tmp.offset} of {total if total is not None else '?'} bytes",
-                        kind_,
-                    ) from None
-                log.info(
-                    "download %s: connection dropped at byte %d (%s); resuming",
-                    where,
-                    tmp.offset,
-                    type(exc).__name__,
-                )
-                continue
-            if total is not None and tmp.offset != total:
-                if tmp.offset < total:
-                    drops += 1
-                    if drops > MAX_RESUMES:
-                        raise Transient(
-                            f"{where}: body ended at {tmp.offset} of {total} bytes ({drops} times)",
-                            "length_mismatch",
-                        )
-                    continue
-                raise DownloadError(
-                    f"{where}: received {tmp.offset} bytes, Content-Length said {total}", "length_mismatch"
-                )
-            if tmp.offset == 0:
-                raise DownloadError(f"{where} sent an empty body", "length_mismatch")
-            return hasher.hexdigest(), tmp.offset, media_type
-        finally:
-            resp.close()
-
-
+    return _Fetch(session, url, tmp, kind, settings, on_progress).run()

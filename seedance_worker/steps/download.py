@@ -50,7 +50,7 @@ from seedance_worker.settings import Settings, get_settings
 from seedance_worker.steps.fetch import Expired, Kind, Transient
 from seedance_worker.steps.fetch import fetch_into as fetch_into
 from seedance_worker.steps.fetch import host_allowed as host_allowed
-from seedance_worker.steps.storage import LocalStorage, Storage, StorageBusy, file_name
+from seedance_worker.steps.storage import LocalStorage, PartialFile, Storage, StorageBusy, file_name
 
 log = logging.getLogger(__name__)
 
@@ -120,63 +120,96 @@ def _store_one(
     session: requests.Session,
     settings: Settings,
 ) -> _Stored:
+    """Fetch ``url`` into ``name`` and commit it; an expired signed URL is swapped for a fresh one."""
     refreshes = 0
     while True:
         try:
             tmp = storage.open_partial(name)
         except StorageBusy:
             raise Transient(f"{name} is being downloaded by another worker", "busy") from None
-        committed = False
         try:
-            sha, size, media_type = fetch_into(
-                session,
-                url,
-                tmp,
-                kind=kind,
-                settings=settings,
-                on_progress=lambda: extend_lease(task_id, settings),
+            return _fetch_and_commit(
+                task_id, name, url, tmp, kind=kind, storage=storage, session=session, settings=settings
             )
-            uri = storage.commit(name, tmp)
-            committed = True
-            metrics.downloaded_bytes(size, kind)
-            log.info(
-                "download task=%s %s stored %s bytes=%d sha256=%s from=%s",
-                task_id,
-                kind,
-                uri,
-                size,
-                sha[:16],
-                redact(url),
-            )
-            return _Stored(uri, sha, size, media_type)
         except Expired as exc:
-            try:
-                if refreshes >= MAX_URL_REFRESHES:
-                    raise DownloadError(
-                        f"{exc} after {refreshes} fresh URLs: the signed URL stays expired", "url_expired"
-                    ) from None
-                log.info("download task=%s %s: %s; asking the API for a fresh URL", task_id, kind, exc)
-                fresh = _fresh_url(task_id, kind, settings)
-                if not fresh:
-                    raise DownloadError(
-                        f"{exc}, and the task has no {kind} URL any more", "url_expired"
-                    ) from None
-            except DownloadError:
-                storage.discard(tmp)
-                raise
-            except BaseException:
-                storage.release(tmp)
-                raise
-            storage.release(tmp)
+            url = _refresh_url(task_id, kind, exc, refreshes, tmp, storage=storage, settings=settings)
             refreshes += 1
-            url = fresh
-        except DownloadError:
-            storage.discard(tmp)
-            raise
-        except BaseException:
-            if not committed:
-                storage.release(tmp)
-            raise
+
+
+def _fetch_and_commit(
+    task_id: str,
+    name: str,
+    url: str,
+    tmp: PartialFile,
+    *,
+    kind: Kind,
+    storage: Storage,
+    session: requests.Session,
+    settings: Settings,
+) -> _Stored:
+    """One fetch into ``tmp`` made visible as ``name``; ``Expired`` leaves ``tmp`` to the caller."""
+    committed = False
+    try:
+        sha, size, media_type = fetch_into(
+            session,
+            url,
+            tmp,
+            kind=kind,
+            settings=settings,
+            on_progress=lambda: extend_lease(task_id, settings),
+        )
+        uri = storage.commit(name, tmp)
+        committed = True
+        metrics.downloaded_bytes(size, kind)
+        log.info(
+            "download task=%s %s stored %s bytes=%d sha256=%s from=%s",
+            task_id,
+            kind,
+            uri,
+            size,
+            sha[:16],
+            redact(url),
+        )
+        return _Stored(uri, sha, size, media_type)
+    except Expired:
+        raise  # the caller asks for a fresh URL while it still holds the partial file
+    except DownloadError:
+        storage.discard(tmp)
+        raise
+    except BaseException:
+        if not committed:
+            storage.release(tmp)
+        raise
+
+
+def _refresh_url(
+    task_id: str,
+    kind: Kind,
+    exc: Expired,
+    refreshes: int,
+    tmp: PartialFile,
+    *,
+    storage: Storage,
+    settings: Settings,
+) -> str:
+    """A fresh signed URL for the next attempt, ``tmp`` kept for it (discarded if there is none)."""
+    try:
+        if refreshes >= MAX_URL_REFRESHES:
+            raise DownloadError(
+                f"{exc} after {refreshes} fresh URLs: the signed URL stays expired", "url_expired"
+            ) from None
+        log.info("download task=%s %s: %s; asking the API for a fresh URL", task_id, kind, exc)
+        fresh = _fresh_url(task_id, kind, settings)
+        if not fresh:
+            raise DownloadError(f"{exc}, and the task has no {kind} URL any more", "url_expired") from None
+    except DownloadError:
+        storage.discard(tmp)
+        raise
+    except BaseException:
+        storage.release(tmp)
+        raise
+    storage.release(tmp)
+    return fresh
 
 
 def drop_partial(storage: Storage, name: str) -> None:

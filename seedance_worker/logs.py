@@ -68,6 +68,14 @@ def secret_values(settings: Any = None) -> list[str]:
     return sorted((v for v in variants if len(v) >= _MIN_SECRET_LEN), key=len, reverse=True)
 
 
+def redact(url: str) -> str:
+    """``scheme://host/path`` of a URL: signed URLs carry their credentials in the query string."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 class Redactor:
     """Replaces secret values and URL query strings in text."""
 

@@ -1,8 +1,8 @@
 """``seedance.download_video``: store the generated video (and its last frame) once, atomically.
 
 The video is streamed from the signed ``content.video_url`` into a partial file while its sha256 is
-computed, checked against ``Content-Length`` and made visible under ``<task_id>.mp4`` by an atomic
-rename (``storage.py``). Right after the rename the result is kept in Redis::
+computed (``fetch.py``), checked against ``Content-Length`` and made visible under ``<task_id>.mp4``
+by an atomic rename (``storage.py``). Right after the rename the result is kept in Redis::
 
     seedance:video:{task_id}  string, JSON {"uri", "sha256", "bytes", "content_type",
                                             "last_frame_uri", "stored_at"}  (TTL SEEDANCE_JOB_TTL_S)
@@ -15,7 +15,7 @@ Faults and what happens:
 * connection dropped mid-body: resumed with ``Range: bytes=N-`` (a ``200`` answer restarts at 0);
 * 403/404 from storage (the signed URL expired): the task is fetched again for a fresh URL
   (at most ``MAX_URL_REFRESHES`` times);
-* 5xx/429 from storage, or more drops than ``MAX_RESUMES``: ``self.retry`` (the chain is kept),
+* 5xx/429 from storage, or more drops than ``fetch.MAX_RESUMES``: ``self.retry`` (the chain is kept),
   at most ``MAX_RETRIES`` times; a partial file is kept so the retry resumes it;
 * host not allowed, body too large, not a video, bad length, URL expired for good: nothing is
   raised; the error goes to ``outcome.step_errors["download"]`` and ``video`` stays ``null`` so the
@@ -27,96 +27,42 @@ sent to storage hosts: downloads use their own HTTP session.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
-import re
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
-from typing import Any, Literal
-from urllib.parse import urljoin, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import requests
-import urllib3
 from celery import Task, shared_task
 
 from seedance_worker import connections, keys, metrics
 from seedance_worker.client import get_client
 from seedance_worker.engine.handoff import extend_lease
 from seedance_worker.errors import DownloadError, RateLimited, RetryableError, SeedanceError
+from seedance_worker.logs import redact as redact
 from seedance_worker.models import Outcome, TaskSnapshot, VideoFile
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.ratelimit import RateLimiter
 from seedance_worker.settings import Settings, get_settings
+from seedance_worker.steps.fetch import Expired, Kind, Transient
+from seedance_worker.steps.fetch import fetch_into as fetch_into
+from seedance_worker.steps.fetch import host_allowed as host_allowed
 from seedance_worker.steps.storage import LocalStorage, PartialFile, Storage, StorageBusy, file_name
-from seedance_worker.version import __version__
 
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 5
 REFRESH_ATTEMPTS = 4  # GETs of the task per URL refresh before the task itself is retried
 MAX_URL_REFRESHES = 2
-MAX_RESUMES = 3
-MAX_REDIRECTS = 5
-CHUNK_BYTES = 64 * 1024
-LEASE_EVERY_S = 60.0
 VIDEO_SUFFIX = ".mp4"
 LAST_FRAME_SUFFIXES = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp"}
-_REDIRECTS = (301, 302, 303, 307, 308)
-_EXPIRED = (403, 404, 410)
-_HOSTNAME = re.compile(r"^[a-z0-9.\-:]+$")
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-_TRANSPORT_ERRORS = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.Timeout,
-)
-
-Kind = Literal["video", "last_frame"]
-
-
-class RedactQueryFilter(logging.Filter):
-    """Strips query strings from the URLs urllib3 logs at DEBUG: signed URLs carry credentials there."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(
-                a.split("?", 1)[0] + "?<redacted>"
-                if isinstance(a, str) and "?" in a and a.startswith(("/", "http://", "https://"))
-                else a
-                for a in record.args
-            )
-        return True
-
-
-def _install_log_redaction() -> None:
-    pool_log = logging.getLogger("urllib3.connectionpool")
-    if not any(isinstance(f, RedactQueryFilter) for f in pool_log.filters):
-        pool_log.addFilter(RedactQueryFilter())
-
-
-_install_log_redaction()
 
 
 def video_key(task_id: str) -> str:
     return keys.video(task_id)
-
-
-class _Transient(Exception):
-    """May work later: retry the task (5xx, 429, too many dropped connections, busy partial file)."""
-
-    def __init__(self, message: str, kind: str = "http_error", not_before_s: float = 0.0) -> None:
-        super().__init__(message, kind)
-        self.message = message
-        self.kind = kind
-        self.not_before_s = not_before_s  # a Retry-After or shared cool-down still to wait
-
-
-class _Expired(Exception):
-    """Storage answered 403/404: the signed URL has expired (or was revoked); a fresh one may help."""
 
 
 @dataclass(frozen=True)
@@ -127,270 +73,13 @@ class _Stored:
     content_type: str
 
 
-def redact(url: str) -> str:
-    """``scheme://host/path`` of a URL: signed URLs carry their credentials in the query string."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def host_allowed(url: str, patterns: list[str]) -> bool:
-    """Whether ``url`` is http(s) and its host (not port) matches one of the fnmatch ``patterns``."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or not host or not _HOSTNAME.match(host):
-        return False
-    host = host.rstrip(".")
-    return any(p.strip() == "*" or fnmatchcase(host, p.strip().lower().rstrip(".")) for p in patterns)
-
-
-def _check_host(url: str, settings: Settings) -> None:
-    if not host_allowed(url, settings.download_allowed_hosts):
-        raise DownloadError(
-            f"refusing to download from {redact(url)}: host not in SEEDANCE_DOWNLOAD_ALLOWED_HOSTS",
-            "host_not_allowed",
-        )
-
-
-def _media_type(resp: requests.Response) -> str:
-    value = resp.headers.get("Content-Type") or "application/octet-stream"
-    return value.split(";", 1)[0].strip().lower() or "application/octet-stream"
-
-
-def _acceptable(media_type: str, kind: Kind) -> bool:
-    major = "video/" if kind == "video" else "image/"
-    return media_type.startswith(major) or media_type == "application/octet-stream"
-
-
-def _looks_like_markup(head: bytes) -> bool:
-    text = head.lstrip()[:64].lower()
-    return text.startswith((b"<!doctype", b"<html", b"<?xml", b"<error", b'{"error'))
-
-
-def _int_header(resp: requests.Response, name: str) -> int | None:
-    value = resp.headers.get(name)
-    if value is None:
-        return None
-    try:
-        n = int(value.strip())
-    except ValueError:
-        return None
-    return n if n >= 0 else None
-
-
-def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    m = _CONTENT_RANGE.match(value or "")
-    if not m:
-        return None
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return int(m.group(1)), int(m.group(2)), total
-
-
-def _chunks(resp: requests.Response) -> Iterator[bytes]:
-    """The body as it arrives, undecoded (byte-exact for the hash and Content-Length).
-
-    ``read1`` hands over whatever the socket delivered, so a connection cut mid-chunk loses no
-    received bytes and the resume starts exactly where the data stopped (``iter_content`` would
-    drop the partly read chunk with the exception).
-    """
-    raw = resp.raw
-    while True:
-        try:
-            data = raw.read1(CHUNK_BYTES, decode_content=False)
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            raise requests.exceptions.ConnectionError(type(exc).__name__) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise requests.exceptions.ChunkedEncodingError(type(exc).__name__) from None
-        if not data:
-            return
-        yield data
-
-
-def _get(
-    session: requests.Session, url: str, headers: dict[str, str], settings: Settings
-) -> requests.Response:
-    """GET without automatic redirects: every hop's host is checked against the allow list."""
-    for _ in range(MAX_REDIRECTS + 1):
-        _check_host(url, settings)
-        resp = session.get(
-            url,
-            headers=headers,
-            stream=True,
-            allow_redirects=False,
-            timeout=(settings.http_connect_timeout_s, settings.download_timeout_s),
-        )
-        location = resp.headers.get("Location")
-        if resp.status_code in _REDIRECTS and location:
-            resp.close()
-            url = urljoin(url, location)
-            continue
-        return resp
-    raise DownloadError(f"more than {MAX_REDIRECTS} redirects from {redact(url)}", "http_error")
-
-
-def _restart(tmp: PartialFile) -> hashlib._Hash:
-    tmp.fh.seek(0)
-    tmp.fh.truncate()
-    tmp.offset = 0
-    return hashlib.sha256()
-
-
-def _rehash(tmp: PartialFile, max_bytes: int) -> hashlib._Hash:
-    """The hash of what an earlier attempt left in the partial file (or a restart if it is unusable)."""
-    if tmp.offset == 0 or tmp.offset > max_bytes:
-        return _restart(tmp)
-    hasher = hashlib.sha256()
-    tmp.fh.seek(0)
-    remaining = tmp.offset
-    while remaining:
-        block = tmp.fh.read(min(CHUNK_BYTES, remaining))
-        if not block:
-            return _restart(tmp)
-        hasher.update(block)
-        remaining -= len(block)
-    tmp.fh.seek(tmp.offset)
-    return hasher
-
-
-def fetch_into(
-    session: requests.Session,
-    url: str,
-    tmp: PartialFile,
-    *,
-    kind: Kind,
-    settings: Settings,
-    on_progress: Callable[[], None] | None = None,
-) -> tuple[str, int, str]:
-    """Stream ``url`` into ``tmp`` (resuming what it holds); returns (sha256, bytes, content type)."""
-    max_bytes = settings.download_max_bytes
-    hasher = _rehash(tmp, max_bytes)
-    drops = 0
-    restarts = 0
-    where = redact(url)
-
-    def start_over(why: str) -> None:
-        nonlocal hasher, restarts
-        restarts += 1
-        if restarts > 2:
-            raise DownloadError(f"{where}: {why} (gave up after {restarts} restarts)", "http_error")
-        log.info("download %s: %s; starting over from byte 0", where, why)
-        hasher = _restart(tmp)
-
-    while True:
-        headers = {"Accept-Encoding": "identity", "User-Agent": f"seedance-worker/{__version__}"}
-        if tmp.offset:
-            headers["Range"] = f"bytes={tmp.offset}-"
-        total: int | None = None
-        try:
-            resp = _get(session, url, headers, settings)
-        except _TRANSPORT_ERRORS as exc:
-            drops += 1
-            if drops > MAX_RESUMES:
-                raise _Transient(f"{where}: {type(exc).__name__} ({drops} times)", "http_error") from None
-            continue
-        try:
-            status = resp.status_code
-            if status in _EXPIRED:
-                raise _Expired(f"{where} answered HTTP {status}")
-            if status == 416 and tmp.offset:
-                start_over("the server refused the resume range (416)")
-                continue
-            if status == 429 or status >= 500:
-                raise _Transient(f"{where} answered HTTP {status}", "http_error")
-            if status not in (200, 206):
-                raise DownloadError(f"{where} answered HTTP {status}", "http_error")
-            media_type = _media_type(resp)
-            if not _acceptable(media_type, kind):
-                what = "a video" if kind == "video" else "an image"
-                raise DownloadError(f"{where} is not {what} (Content-Type {media_type})", "not_a_video")
-            length = _int_header(resp, "Content-Length")
-            if status == 206:
-                rng = _content_range(resp.headers.get("Content-Range"))
-                if rng is None or rng[0] != tmp.offset:
-                    start_over("the server answered a different range than asked")
-                    continue
-                total = rng[2]
-                if total is None and length is not None:
-                    total = tmp.offset + length
-                if total is not None and length is not None and length != total - tmp.offset:
-                    raise DownloadError(
-                        f"{where}: Content-Length {length} does not match Content-Range "
-                        f"{resp.headers.get('Content-Range')}",
-                        "length_mismatch",
-                    )
-            else:
-                if tmp.offset:  # the server ignored Range and sends everything again
-                    log.info("download %s: server ignored Range; restarting from byte 0", where)
-                    hasher = _restart(tmp)
-                total = length
-            if total is not None and total > max_bytes:
-                raise DownloadError(
-                    f"{where} is {total} bytes, above SEEDANCE_DOWNLOAD_MAX_BYTES={max_bytes}", "too_large"
-                )
-            last_progress = time.monotonic()
-            try:
-                for chunk in _chunks(resp):
-                    if not chunk:
-                        continue
-                    if tmp.offset == 0 and kind == "video" and _looks_like_markup(chunk[:512]):
-                        raise DownloadError(f"{where} sent markup, not a video", "not_a_video")
-                    if tmp.offset + len(chunk) > max_bytes:
-                        raise DownloadError(
-                            f"{where} is above SEEDANCE_DOWNLOAD_MAX_BYTES={max_bytes}", "too_large"
-                        )
-                    tmp.fh.write(chunk)
-                    hasher.update(chunk)
-                    tmp.offset += len(chunk)
-                    if on_progress and time.monotonic() - last_progress > LEASE_EVERY_S:
-                        last_progress = time.monotonic()
-                        on_progress()
-            except _TRANSPORT_ERRORS as exc:
-                tmp.fh.flush()
-                drops += 1
-                if drops > MAX_RESUMES:
-                    kind_ = "length_mismatch" if total is not None else "http_error"
-                    raise _Transient(
-                        f"{where}: connection dropped {drops} times ({type(exc).__name__}); "
-                        f"{tmp.offset} of {total if total is not None else '?'} bytes",
-                        kind_,
-                    ) from None
-                log.info(
-                    "download %s: connection dropped at byte %d (%s); resuming",
-                    where,
-                    tmp.offset,
-                    type(exc).__name__,
-                )
-                continue
-            if total is not None and tmp.offset != total:
-                if tmp.offset < total:
-                    drops += 1
-                    if drops > MAX_RESUMES:
-                        raise _Transient(
-                            f"{where}: body ended at {tmp.offset} of {total} bytes ({drops} times)",
-                            "length_mismatch",
-                        )
-                    continue
-                raise DownloadError(
-                    f"{where}: received {tmp.offset} bytes, Content-Length said {total}", "length_mismatch"
-                )
-            if tmp.offset == 0:
-                raise DownloadError(f"{where} sent an empty body", "length_mismatch")
-            return hasher.hexdigest(), tmp.offset, media_type
-        finally:
-            resp.close()
-
-
 def _fresh_url(task_id: str, kind: Kind, settings: Settings) -> str | None:
     # This GET is an API call like a poll: it waits for the fleet-wide limiter and honours a 429
     # cool-down (retrying the task after it) instead of hitting an API that asked for quiet.
     limiter = RateLimiter(connections.get_redis(settings), settings)
     permit = limiter.acquire()
     if permit.kind == "cooldown":
-        raise _Transient("the API asked for a pause (429)", "url_expired", permit.wait_s)
+        raise Transient("the API asked for a pause (429)", "url_expired", permit.wait_s)
     time.sleep(min(permit.wait_s, settings.poll_countdown_cap_s))
     attempt = 0
     while True:
@@ -400,13 +89,13 @@ def _fresh_url(task_id: str, kind: Kind, settings: Settings) -> str | None:
         except RateLimited as exc:
             wait = exc.retry_after_s if exc.retry_after_s is not None else settings.poll_min_interval_s
             limiter.cool_down(wait)
-            raise _Transient("could not refresh the download URL: RateLimited", "url_expired", wait) from None
+            raise Transient("could not refresh the download URL: RateLimited", "url_expired", wait) from None
         except RetryableError as exc:
             # A 5xx or a timeout on this one GET should not spend a whole task retry (with its
             # download restart): try it again a few times here, backing off.
             attempt += 1
             if attempt >= REFRESH_ATTEMPTS:
-                raise _Transient(
+                raise Transient(
                     f"could not refresh the download URL: {type(exc).__name__}", "url_expired"
                 ) from None
             time.sleep(min(0.5 * 2**attempt, 4.0) * random.uniform(0.5, 1.0))
@@ -431,63 +120,96 @@ def _store_one(
     session: requests.Session,
     settings: Settings,
 ) -> _Stored:
+    """Fetch ``url`` into ``name`` and commit it; an expired signed URL is swapped for a fresh one."""
     refreshes = 0
     while True:
         try:
             tmp = storage.open_partial(name)
         except StorageBusy:
-            raise _Transient(f"{name} is being downloaded by another worker", "busy") from None
-        committed = False
+            raise Transient(f"{name} is being downloaded by another worker", "busy") from None
         try:
-            sha, size, media_type = fetch_into(
-                session,
-                url,
-                tmp,
-                kind=kind,
-                settings=settings,
-                on_progress=lambda: extend_lease(task_id, settings),
+            return _fetch_and_commit(
+                task_id, name, url, tmp, kind=kind, storage=storage, session=session, settings=settings
             )
-            uri = storage.commit(name, tmp)
-            committed = True
-            metrics.downloaded_bytes(size, kind)
-            log.info(
-                "download task=%s %s stored %s bytes=%d sha256=%s from=%s",
-                task_id,
-                kind,
-                uri,
-                size,
-                sha[:16],
-                redact(url),
-            )
-            return _Stored(uri, sha, size, media_type)
-        except _Expired as exc:
-            try:
-                if refreshes >= MAX_URL_REFRESHES:
-                    raise DownloadError(
-                        f"{exc} after {refreshes} fresh URLs: the signed URL stays expired", "url_expired"
-                    ) from None
-                log.info("download task=%s %s: %s; asking the API for a fresh URL", task_id, kind, exc)
-                fresh = _fresh_url(task_id, kind, settings)
-                if not fresh:
-                    raise DownloadError(
-                        f"{exc}, and the task has no {kind} URL any more", "url_expired"
-                    ) from None
-            except DownloadError:
-                storage.discard(tmp)
-                raise
-            except BaseException:
-                storage.release(tmp)
-                raise
-            storage.release(tmp)
+        except Expired as exc:
+            url = _refresh_url(task_id, kind, exc, refreshes, tmp, storage=storage, settings=settings)
             refreshes += 1
-            url = fresh
-        except DownloadError:
-            storage.discard(tmp)
-            raise
-        except BaseException:
-            if not committed:
-                storage.release(tmp)
-            raise
+
+
+def _fetch_and_commit(
+    task_id: str,
+    name: str,
+    url: str,
+    tmp: PartialFile,
+    *,
+    kind: Kind,
+    storage: Storage,
+    session: requests.Session,
+    settings: Settings,
+) -> _Stored:
+    """One fetch into ``tmp`` made visible as ``name``; ``Expired`` leaves ``tmp`` to the caller."""
+    committed = False
+    try:
+        sha, size, media_type = fetch_into(
+            session,
+            url,
+            tmp,
+            kind=kind,
+            settings=settings,
+            on_progress=lambda: extend_lease(task_id, settings),
+        )
+        uri = storage.commit(name, tmp)
+        committed = True
+        metrics.downloaded_bytes(size, kind)
+        log.info(
+            "download task=%s %s stored %s bytes=%d sha256=%s from=%s",
+            task_id,
+            kind,
+            uri,
+            size,
+            sha[:16],
+            redact(url),
+        )
+        return _Stored(uri, sha, size, media_type)
+    except Expired:
+        raise  # the caller asks for a fresh URL while it still holds the partial file
+    except DownloadError:
+        storage.discard(tmp)
+        raise
+    except BaseException:
+        if not committed:
+            storage.release(tmp)
+        raise
+
+
+def _refresh_url(
+    task_id: str,
+    kind: Kind,
+    exc: Expired,
+    refreshes: int,
+    tmp: PartialFile,
+    *,
+    storage: Storage,
+    settings: Settings,
+) -> str:
+    """A fresh signed URL for the next attempt, ``tmp`` kept for it (discarded if there is none)."""
+    try:
+        if refreshes >= MAX_URL_REFRESHES:
+            raise DownloadError(
+                f"{exc} after {refreshes} fresh URLs: the signed URL stays expired", "url_expired"
+            ) from None
+        log.info("download task=%s %s: %s; asking the API for a fresh URL", task_id, kind, exc)
+        fresh = _fresh_url(task_id, kind, settings)
+        if not fresh:
+            raise DownloadError(f"{exc}, and the task has no {kind} URL any more", "url_expired") from None
+    except DownloadError:
+        storage.discard(tmp)
+        raise
+    except BaseException:
+        storage.release(tmp)
+        raise
+    storage.release(tmp)
+    return fresh
 
 
 def drop_partial(storage: Storage, name: str) -> None:
@@ -515,7 +237,7 @@ def _snapshot(out: Outcome, settings: Settings) -> TaskSnapshot | None:
     try:
         return get_client(settings).get_task(out.task_id)
     except RetryableError as exc:
-        raise _Transient(f"could not fetch the task for its video URL: {type(exc).__name__}") from None
+        raise Transient(f"could not fetch the task for its video URL: {type(exc).__name__}") from None
     except SeedanceError as exc:
         raise DownloadError(
             f"the outcome has no video URL and the task could not be fetched: {exc}", "no_video_url"
@@ -581,7 +303,7 @@ def fetch_outputs(
                 )
                 video = video.model_copy(update={"last_frame_uri": frame.uri})
                 _save_record(task_id, video, settings)
-            except (DownloadError, _Transient) as exc:
+            except (DownloadError, Transient) as exc:
                 # The video is what was paid for; a missing last frame does not fail the step.
                 log.warning("download task=%s last frame not stored: %s", task_id, exc.message)
                 drop_partial(storage, _last_frame_name(task_id, frame_url))
@@ -620,7 +342,7 @@ def download_video(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
         video, notes = fetch_outputs(out, settings)
     except DownloadError as exc:
         return _record_error(out, exc.kind, exc.message)
-    except _Transient as exc:
+    except Transient as exc:
         retries = int(self.request.retries or 0)
         if retries < MAX_RETRIES:
             countdown = retry_countdown(retries, settings.poll_countdown_cap_s)

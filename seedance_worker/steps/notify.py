@@ -31,27 +31,28 @@ import json
 import logging
 import random
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 import requests
 from celery import Task, shared_task
 from standardwebhooks.webhooks import Webhook
 
 from seedance_worker import connections, keys, scripts
 from seedance_worker.engine.handoff import extend_lease
+from seedance_worker.logs import redact
 from seedance_worker.models import Notification, Outcome
 from seedance_worker.outage import survive_redis_outage, until_redis_answers
 from seedance_worker.settings import Settings, get_settings
-from seedance_worker.steps.download import redact
 from seedance_worker.version import __version__
 
 log = logging.getLogger(__name__)
 
 NO_URL_ERROR = "no SEEDANCE_NOTIFY_URL configured"
 BACKOFF_CAP_S = 300
-
 
 
 _warned_unsigned = False
@@ -132,6 +133,146 @@ def _check_url(url: str) -> str | None:
     return None
 
 
+def _resolve_url(out: Outcome, wid: str, settings: Settings) -> str | None:
+    """SEEDANCE_NOTIFY_URL, or None with ``out.notification`` saying why nothing is sent."""
+    url = settings.notify_url
+    if not url:
+        out.notification = Notification(webhook_id=wid, attempts=0, delivered=False, error=NO_URL_ERROR)
+        log.info("notify task=%s status=%s not sent: %s", out.task_id, out.status, NO_URL_ERROR)
+        return None
+    bad = _check_url(url)
+    if bad:
+        out.notification = Notification(webhook_id=wid, attempts=0, delivered=False, error=bad)
+        log.error("notify task=%s not sent: %s", out.task_id, bad)
+        return None
+    return url
+
+
+@dataclass
+class _Delivery:
+    """One run of ``notify`` for one outcome: its webhook id and its delivery hash in Redis."""
+
+    out: Outcome
+    wid: str
+    settings: Settings
+    r: redis.Redis = field(init=False)
+    key: str = field(init=False)
+    attempts: int = 0
+
+    def __post_init__(self) -> None:
+        self.r = connections.get_redis(self.settings)
+        self.key = delivery_key(self.wid)
+
+    def claim(self) -> str:
+        """The claim script's verdict (send, busy, delivered or spent), counting this attempt."""
+        settings = self.settings
+        ttl = int(max(settings.job_ttl_s, settings.notify_retry_for_s * 2))
+        claim = scripts.load(self.r, __package__ or "", "notify_claim")
+        started = time.time()
+        inflight_until = started + settings.notify_timeout_s + 5
+        verdict, count, *rest = claim(
+            keys=[self.key],
+            args=[started, settings.notify_max_attempts, settings.notify_retry_for_s, ttl, inflight_until],
+        )
+        self.attempts = int(count)
+        if rest and rest[0] == "1":
+            # Exactly once is impossible across a crash inside the request: the receiver may have
+            # answered 2xx just before the SIGKILL. Never losing the notification wins; the repeat
+            # carries the same webhook-id, which Standard Webhooks receivers use to drop it.
+            log.warning(
+                "notify task=%s id=%s attempt=%d: the previous attempt's sender died mid-request; its "
+                "outcome is unknown, sending again with the same webhook-id",
+                self.out.task_id,
+                self.wid,
+                self.attempts,
+            )
+        return str(verdict)
+
+    def not_sent(self, verdict: str) -> None:
+        """Fill ``out.notification`` for a delivery already made, or a budget already spent."""
+        out, wid, attempts = self.out, self.wid, self.attempts
+        rec = {str(k): str(v) for k, v in self.r.hgetall(self.key).items()}
+        if verdict == "delivered":
+            out.notification = Notification(
+                webhook_id=wid, status_code=_int(rec.get("status_code")), attempts=attempts, delivered=True
+            )
+            log.info("notify task=%s id=%s already delivered; not sent again", out.task_id, wid)
+            return
+        reason = rec.get("final_error") or rec.get("last_error") or "delivery attempts exhausted"
+        out.notification = Notification(
+            webhook_id=wid,
+            status_code=_int(rec.get("last_status_code")),
+            attempts=attempts,
+            delivered=False,
+            error=reason,
+        )
+        log.warning("notify task=%s id=%s budget already spent: %s", out.task_id, wid, reason)
+
+    def delivered(self, url: str, code: int | None, now: float) -> None:
+        """Mark the hash delivered after a 2xx and fill ``out.notification``."""
+        # The receiver has it: this mark must land even through a Redis restart, or a re-run of
+        # the task would deliver the same notification again.
+        until_redis_answers(
+            lambda: self.r.hset(
+                self.key,
+                mapping={"delivered": 1, "status_code": code or 0, "delivered_at": now, "sending_until": 0},
+            ),
+            f"notify {self.out.task_id} delivered mark",
+        )
+        self.out.notification = Notification(
+            webhook_id=self.wid, status_code=code, attempts=self.attempts, delivered=True
+        )
+        log.info(
+            "notify task=%s id=%s delivered to %s status=%s attempt=%d",
+            self.out.task_id,
+            self.wid,
+            redact(url),
+            code,
+            self.attempts,
+        )
+
+    def failed(self, task: Task, code: int | None, error: str, now: float) -> None:
+        """Record a failed attempt; retry the task within the budget, else record the final error."""
+        r, key, out, wid, settings, attempts = (
+            self.r,
+            self.key,
+            self.out,
+            self.wid,
+            self.settings,
+            self.attempts,
+        )
+        r.hset(
+            key,
+            mapping={
+                "last_status_code": "" if code is None else code,
+                "last_error": error,
+                "sending_until": 0,
+            },
+        )
+        first_at = float(r.hget(key, "first_at") or now)
+        countdown = backoff_s(attempts, settings.poll_countdown_cap_s)
+        if (
+            attempts < settings.notify_max_attempts
+            and now + countdown - first_at <= settings.notify_retry_for_s
+        ):
+            log.warning(
+                "notify task=%s id=%s attempt=%d failed: %s; retry in %.1fs",
+                out.task_id,
+                wid,
+                attempts,
+                error,
+                countdown,
+            )
+            # The chain is waiting, not lost: keep the sweeper from re-firing it meanwhile.
+            extend_lease(out.task_id, settings, extra_s=countdown)
+            raise task.retry(countdown=countdown, max_retries=None)
+        r.hset(key, mapping={"final_error": error})
+        out.notification = Notification(
+            webhook_id=wid, status_code=code, attempts=attempts, delivered=False, error=error
+        )
+        log.error("notify task=%s id=%s gave up after %d attempts: %s", out.task_id, wid, attempts, error)
+
+
 @shared_task(bind=True, name="seedance.notify", acks_late=True, reject_on_worker_lost=True, max_retries=None)
 @survive_redis_outage
 def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -139,106 +280,22 @@ def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     out = Outcome.model_validate(outcome)
     settings = get_settings()
     wid = webhook_id(out.task_id, str(out.status))
-    url = settings.notify_url
-    if not url:
-        out.notification = Notification(webhook_id=wid, attempts=0, delivered=False, error=NO_URL_ERROR)
-        log.info("notify task=%s status=%s not sent: %s", out.task_id, out.status, NO_URL_ERROR)
+    url = _resolve_url(out, wid, settings)
+    if url is None:
         return out.wire()
-    bad = _check_url(url)
-    if bad:
-        out.notification = Notification(webhook_id=wid, attempts=0, delivered=False, error=bad)
-        log.error("notify task=%s not sent: %s", out.task_id, bad)
-        return out.wire()
-
-    r = connections.get_redis(settings)
-    key = delivery_key(wid)
-    ttl = int(max(settings.job_ttl_s, settings.notify_retry_for_s * 2))
-    claim = scripts.load(r, __package__ or "", "notify_claim")
-    started = time.time()
-    inflight_until = started + settings.notify_timeout_s + 5
-    verdict, count, *rest = claim(
-        keys=[key],
-        args=[started, settings.notify_max_attempts, settings.notify_retry_for_s, ttl, inflight_until],
-    )
-    attempts = int(count)
-    if rest and rest[0] == "1":
-        # Exactly once is impossible across a crash inside the request: the receiver may have
-        # answered 2xx just before the SIGKILL. Never losing the notification wins; the repeat
-        # carries the same webhook-id, which Standard Webhooks receivers use to drop it.
-        log.warning(
-            "notify task=%s id=%s attempt=%d: the previous attempt's sender died mid-request; its "
-            "outcome is unknown, sending again with the same webhook-id",
-            out.task_id,
-            wid,
-            attempts,
-        )
+    delivery = _Delivery(out, wid, settings)
+    verdict = delivery.claim()
     if verdict == "busy":
         # A re-fired chain racing the original: let the copy that is sending finish first.
         raise self.retry(countdown=settings.notify_timeout_s + 6, max_retries=None)
     if verdict != "send":
-        rec = {str(k): str(v) for k, v in r.hgetall(key).items()}
-        if verdict == "delivered":
-            out.notification = Notification(
-                webhook_id=wid, status_code=_int(rec.get("status_code")), attempts=attempts, delivered=True
-            )
-            log.info("notify task=%s id=%s already delivered; not sent again", out.task_id, wid)
-        else:
-            reason = rec.get("final_error") or rec.get("last_error") or "delivery attempts exhausted"
-            out.notification = Notification(
-                webhook_id=wid,
-                status_code=_int(rec.get("last_status_code")),
-                attempts=attempts,
-                delivered=False,
-                error=reason,
-            )
-            log.warning("notify task=%s id=%s budget already spent: %s", out.task_id, wid, reason)
+        delivery.not_sent(verdict)
         return out.wire()
-
     body = json.dumps(out.model_dump(mode="json"), separators=(",", ":"))
     code, error = post(url, wid, body, settings)
     now = time.time()
     if error is None:
-        # The receiver has it: this mark must land even through a Redis restart, or a re-run of
-        # the task would deliver the same notification again.
-        until_redis_answers(
-            lambda: r.hset(
-                key,
-                mapping={"delivered": 1, "status_code": code or 0, "delivered_at": now, "sending_until": 0},
-            ),
-            f"notify {out.task_id} delivered mark",
-        )
-        out.notification = Notification(webhook_id=wid, status_code=code, attempts=attempts, delivered=True)
-        log.info(
-            "notify task=%s id=%s delivered to %s status=%s attempt=%d",
-            out.task_id,
-            wid,
-            redact(url),
-            code,
-            attempts,
-        )
-        return out.wire()
-
-    r.hset(
-        key,
-        mapping={"last_status_code": "" if code is None else code, "last_error": error, "sending_until": 0},
-    )
-    first_at = float(r.hget(key, "first_at") or now)
-    countdown = backoff_s(attempts, settings.poll_countdown_cap_s)
-    if attempts < settings.notify_max_attempts and now + countdown - first_at <= settings.notify_retry_for_s:
-        log.warning(
-            "notify task=%s id=%s attempt=%d failed: %s; retry in %.1fs",
-            out.task_id,
-            wid,
-            attempts,
-            error,
-            countdown,
-        )
-        # The chain is waiting, not lost: keep the sweeper from re-firing it meanwhile.
-        extend_lease(out.task_id, settings, extra_s=countdown)
-        raise self.retry(countdown=countdown, max_retries=None)
-    r.hset(key, mapping={"final_error": error})
-    out.notification = Notification(
-        webhook_id=wid, status_code=code, attempts=attempts, delivered=False, error=error
-    )
-    log.error("notify task=%s id=%s gave up after %d attempts: %s", out.task_id, wid, attempts, error)
+        delivery.delivered(url, code, now)
+    else:
+        delivery.failed(self, code, error, now)  # raises the retry while the budget lasts
     return out.wire()

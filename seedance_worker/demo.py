@@ -10,6 +10,7 @@ verified notification; each failed job a verified notification.
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 import os
@@ -17,9 +18,8 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from seedance_worker.steps.charge import list_ledger
 from seedance_worker.submit import submit
 from seedance_worker.testing.redis import EmbeddedRedis
 from seedance_worker.testing.simulator import SimConfig, Simulator
+from seedance_worker.testing.webhooks import Delivery, WebhookReceiver
 from seedance_worker.wiring.app import reset_caches
 
 PROMPTS = [
@@ -45,58 +46,6 @@ PROMPTS = [
     "A cat knocking a glass off a table [fail]",  # the simulator's moderation failure
 ]
 MODEL = "seedance-1-5-pro-251215"
-
-
-class _Receiver:
-    """A webhook receiver that verifies the Standard Webhooks signature of every delivery."""
-
-    def __init__(self, secret: str, out: Path) -> None:
-        from standardwebhooks.webhooks import Webhook
-
-        self.webhook = Webhook(secret)
-        self.out = out
-        self.received: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                try:
-                    receiver.webhook.verify(body, headers)
-                    verified = True
-                except Exception:
-                    verified = False
-                payload = json.loads(body) if body else {}
-                entry = {
-                    "webhook_id": headers.get("webhook-id"),
-                    "verified": verified,
-                    "task_id": payload.get("task_id"),
-                    "status": payload.get("status"),
-                    "received_at": time.time(),
-                }
-                with receiver.lock:
-                    receiver.received.append(entry)
-                    with receiver.out.open("a") as f:
-                        f.write(json.dumps({**entry, "outcome": payload}) + "\n")
-                self.send_response(200 if verified else 401)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/seedance"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _progress_table(records: list[Any], started: float) -> Table:
@@ -133,7 +82,7 @@ def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 1
     (root / "redis").mkdir(exist_ok=True)
     redis_server = EmbeddedRedis(workdir=str(root / "redis")).start()
     sim = Simulator(config=SimConfig(queued_s=1.0, running_s=2.5)).start()
-    receiver = _Receiver(secret, notifications)
+    receiver = WebhookReceiver(secret, log_path=notifications).start()
     env = {
         "SEEDANCE_REDIS_URL": redis_server.url,
         "SEEDANCE_API_BASE_URL": sim.base_url,
@@ -163,7 +112,8 @@ def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 1
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        return _drive(console, jobs, timeout_s, worker, worker_log, root, videos, notifications, receiver)
+        run = _Run(console, worker, worker_log, root, videos, notifications, receiver)
+        return _drive(run, jobs, timeout_s)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -173,8 +123,6 @@ def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 1
                 os.killpg(worker.pid, signal.SIGKILL)
         receiver.stop()
         sim.stop()
-        import gc
-
         gc.collect()
         redis_server.stop()
 
@@ -191,29 +139,27 @@ def _wait_ready(worker: subprocess.Popen[bytes], log: Path, timeout_s: float) ->
     raise RuntimeError(f"the worker did not start within {timeout_s:g} s (see {log})")
 
 
-def _drive(
-    console: Console,
-    jobs: int,
-    timeout_s: float,
-    worker: subprocess.Popen[bytes],
-    worker_log: Path,
-    root: Path,
-    videos: Path,
-    notifications: Path,
-    receiver: _Receiver,
-) -> int:
+@dataclass(frozen=True)
+class _Run:
+    """What the demo started, for the steps that drive and report it."""
 
-    console.print(
-        f"[bold]seedance-worker demo[/]: embedded Redis, simulator, webhook receiver, worker -> {root}"
-    )
-    _wait_ready(worker, worker_log, 60)
-    jobs = max(1, jobs)
-    prompts = (
-        [PROMPTS[i % (len(PROMPTS) - 1)] for i in range(jobs - 1)] + [PROMPTS[-1]]
-        if jobs > 1
-        else PROMPTS[:1]
-    )
-    started = time.time()
+    console: Console
+    worker: subprocess.Popen[bytes]
+    worker_log: Path
+    root: Path
+    videos: Path
+    notifications: Path
+    receiver: WebhookReceiver
+
+
+def _prompts(jobs: int) -> list[str]:
+    """``jobs`` prompts, the last one the simulator's moderation failure (when there are two or more)."""
+    if jobs <= 1:
+        return PROMPTS[:1]
+    return [PROMPTS[i % (len(PROMPTS) - 1)] for i in range(jobs - 1)] + [PROMPTS[-1]]
+
+
+def _submit_all(prompts: list[str], started: float) -> list[tuple[str, Any]]:
     handles = []
     for n, prompt in enumerate(prompts):
         remote_id, result = submit(
@@ -225,67 +171,92 @@ def _drive(
             duration=5,
         )
         handles.append((remote_id, result))
-    ids = [h[0] for h in handles]
+    return handles
+
+
+def _watch(run: _Run, ids: list[str], started: float, timeout_s: float) -> bool:
+    """The live progress table until every job is done; False on the timeout."""
     store = get_store()
-    with Live(console=console, refresh_per_second=8) as live:
+    with Live(console=run.console, refresh_per_second=8) as live:
         while True:
             records = [r for r in (store.get(i) for i in ids) if r is not None]
             live.update(_progress_table(records, started))
             if len(records) == len(ids) and all(r.state == "done" for r in records):
-                break
+                return True
             if time.time() - started > timeout_s:
-                console.print(f"[red]timed out after {timeout_s:g} s[/] (see {worker_log})")
-                return 1
+                run.console.print(f"[red]timed out after {timeout_s:g} s[/] (see {run.worker_log})")
+                return False
             time.sleep(0.15)
-    # The notify task answers before the receiver's log line lands: give it a moment.
-    deadline = time.time() + 5
-    while time.time() < deadline and len(receiver.received) < len(ids):
-        time.sleep(0.05)
 
-    # What a caller of submit() sees: the poll's Celery result (Outcome, or GenerationFailed).
+
+def _polled_statuses(handles: list[tuple[str, Any]]) -> dict[str, str]:
+    """What a caller of submit() sees: the poll's Celery result (Outcome, or GenerationFailed)."""
     polled: dict[str, str] = {}
     for remote_id, result in handles:
         try:
             polled[remote_id] = result.get(timeout=10)["status"]
         except GenerationFailed as exc:
             polled[remote_id] = exc.outcome.status
-    finals = {r.task_id: (r.outcome or {}) for r in (store.get(i) for i in ids) if r is not None}
-    entries, totals = list_ledger(get_settings())
-    (root / "ledger.json").write_text(json.dumps({"entries": entries, "totals": totals}, indent=2))
-    problems = _verify(ids, finals, entries, receiver.received)
-    problems += [f"{t}: poll result {polled.get(t)} != record {finals.get(t, {}).get('status')}"
-                 for t in ids if polled.get(t) != finals.get(t, {}).get("status")]  # fmt: skip
+    return polled
 
+
+def _outcome_row(tid: str, o: dict[str, Any], got: list[Delivery]) -> list[str]:
+    video = o.get("video") or {}
+    charge = o.get("charge") or {}
+    note = o.get("notification") or {}
+    verified = "verified" if got and all(d.verified for d in got) else "MISSING"
+    return [
+        tid,
+        str(o.get("status")),
+        str(o.get("polls")),
+        Path(video["uri"].removeprefix("file://")).name if video.get("uri") else "-",
+        (video.get("sha256") or "-")[:16],
+        str(charge.get("completion_tokens") or "-"),
+        f"{charge['amount']} {charge['currency']}" if charge.get("amount") else "-",
+        f"{note.get('status_code')} x{note.get('attempts')} {verified}",
+    ]
+
+
+def _report(run: _Run, ids: list[str], finals: dict[str, dict[str, Any]], entries: int, totals: Any) -> None:
     table = Table(title="Outcomes")
     for col in ("remote task", "status", "polls", "video", "sha256", "tokens", "amount", "webhook"):
         table.add_column(col)
     for tid in ids:
-        o = finals.get(tid, {})
-        video = o.get("video") or {}
-        charge = o.get("charge") or {}
-        note = o.get("notification") or {}
-        got = [x for x in receiver.received if x["task_id"] == tid]
-        verified = "verified" if got and all(x["verified"] for x in got) else "MISSING"
-        table.add_row(
-            tid,
-            str(o.get("status")),
-            str(o.get("polls")),
-            Path(video["uri"].removeprefix("file://")).name if video.get("uri") else "-",
-            (video.get("sha256") or "-")[:16],
-            str(charge.get("completion_tokens") or "-"),
-            f"{charge['amount']} {charge['currency']}" if charge.get("amount") else "-",
-            f"{note.get('status_code')} x{note.get('attempts')} {verified}",
-        )
-    console.print(table)
-    console.print(f"videos:        {videos}")
-    console.print(f"ledger:        {root / 'ledger.json'}  ({len(entries)} entries, totals {totals})")
-    console.print(f"notifications: {notifications}  ({len(receiver.received)} received, signatures checked)")
-    console.print(f"worker log:    {worker_log}")
-    if problems:
-        for p in problems:
-            console.print(f"[red]check failed:[/] {p}")
+        table.add_row(*_outcome_row(tid, finals.get(tid, {}), run.receiver.for_task(tid)))
+    got = len(run.receiver.deliveries)
+    run.console.print(table)
+    run.console.print(f"videos:        {run.videos}")
+    run.console.print(f"ledger:        {run.root / 'ledger.json'}  ({entries} entries, totals {totals})")
+    run.console.print(f"notifications: {run.notifications}  ({got} received, signatures checked)")
+    run.console.print(f"worker log:    {run.worker_log}")
+
+
+def _drive(run: _Run, jobs: int, timeout_s: float) -> int:
+    run.console.print(
+        f"[bold]seedance-worker demo[/]: embedded Redis, simulator, webhook receiver, worker -> {run.root}"
+    )
+    _wait_ready(run.worker, run.worker_log, 60)
+    started = time.time()
+    handles = _submit_all(_prompts(max(1, jobs)), started)
+    ids = [h[0] for h in handles]
+    if not _watch(run, ids, started, timeout_s):
         return 1
-    console.print(f"[green]all checks passed[/] in {time.time() - started:.1f} s")
+    # The notify task has its answer before the receiver's record lands: give it a moment.
+    run.receiver.wait_for(len(ids), timeout_s=5)
+    polled = _polled_statuses(handles)
+    store = get_store()
+    finals = {r.task_id: (r.outcome or {}) for r in (store.get(i) for i in ids) if r is not None}
+    entries, totals = list_ledger(get_settings())
+    (run.root / "ledger.json").write_text(json.dumps({"entries": entries, "totals": totals}, indent=2))
+    problems = _verify(ids, finals, entries, run.receiver.deliveries)
+    problems += [f"{t}: poll result {polled.get(t)} != record {finals.get(t, {}).get('status')}"
+                 for t in ids if polled.get(t) != finals.get(t, {}).get("status")]  # fmt: skip
+    _report(run, ids, finals, len(entries), totals)
+    for p in problems:
+        run.console.print(f"[red]check failed:[/] {p}")
+    if problems:
+        return 1
+    run.console.print(f"[green]all checks passed[/] in {time.time() - started:.1f} s")
     return 0
 
 
@@ -293,7 +264,7 @@ def _verify(
     ids: list[str],
     finals: dict[str, dict[str, Any]],
     entries: list[dict[str, Any]],
-    received: list[dict[str, Any]],
+    received: list[Delivery],
 ) -> list[str]:
     problems: list[str] = []
     succeeded = [t for t in ids if finals.get(t, {}).get("status") == "succeeded"]
@@ -308,7 +279,7 @@ def _verify(
     if sorted(charged) != sorted(succeeded):
         problems.append(f"ledger has {len(charged)} entries for {len(succeeded)} succeeded jobs")
     for tid in ids:
-        got = [x for x in received if x["task_id"] == tid]
-        if len(got) != 1 or not got[0]["verified"]:
-            problems.append(f"{tid}: {len(got)} notifications, verified={[x['verified'] for x in got]}")
+        got = [d for d in received if d.task_id == tid]
+        if len(got) != 1 or not got[0].verified:
+            problems.append(f"{tid}: {len(got)} notifications, verified={[d.verified for d in got]}")
     return problems

@@ -29,6 +29,8 @@ from urllib.parse import quote, unquote, urlsplit
 REDACTED = "[redacted]"
 
 _URL_QUERY = re.compile(r"(?P<base>\bhttps?://[^\s?#'\"<>\\]+)\?[^\s'\"<>#\\]*")
+# urllib3's DEBUG line names the host apart from the request line: `http://h:1 "POST /p?token=x HTTP/1.1"`.
+_REQUEST_LINE_QUERY = re.compile(r'(?P<base>"[A-Z]+ /[^\s?"]*)\?[^\s"]*')
 _POLL_LINE = re.compile(
     r"^poll (?P<job_id>\S+) try=(?P<try>\d+) status=(?P<status>\S+)"
     r"(?: next_in=(?P<next_in_s>[0-9.]+)s gen=(?P<gen>\d+)| (?P<terminal>terminal))"
@@ -86,8 +88,9 @@ class Redactor:
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        if "://" in text and "?" in text:
+        if "?" in text:
             text = _URL_QUERY.sub(r"\g<base>?" + REDACTED, text)
+            text = _REQUEST_LINE_QUERY.sub(r"\g<base>?" + REDACTED, text)
         return text
 
 

@@ -173,6 +173,9 @@ class WebhookReceiver:
         with self._lock:
             return list(self._deliveries)
 
+    def payloads(self) -> list[dict[str, Any]]:
+        return [dict(d.payload) for d in self.deliveries]
+
     def for_task(self, task_id: str) -> list[Delivery]:
         return [d for d in self.deliveries if d.task_id == task_id]
 

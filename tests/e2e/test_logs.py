@@ -133,5 +133,8 @@ def test_plain_text_lines_are_redacted_too() -> None:
     assert "https://bucket.tos.example.com/out/v.mp4?[redacted]" in line
     for secret in (WEBHOOK_SECRET, INTAKE_TOKEN, "p4ssw0rd-x"):
         assert secret not in red(f"x {secret} y")
+    # urllib3 at DEBUG prints the request line apart from the host: its query string goes too.
+    pool_line = red('http://127.0.0.1:8080 "POST /hooks/seedance?token=abc HTTP/1.1" 200 2')
+    assert pool_line == 'http://127.0.0.1:8080 "POST /hooks/seedance?[redacted] HTTP/1.1" 200 2'
     doc = json.loads(logs.JsonFormatter(red).format(record))
     assert doc["task_id"] == "abc" and doc["task_name"] == "seedance.notify" and API_KEY not in doc["message"]

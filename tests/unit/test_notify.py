@@ -7,11 +7,9 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,63 +17,20 @@ from celery.exceptions import Retry
 from standardwebhooks import Webhook
 
 from seedance_worker.engine.store import get_store
+from seedance_worker.logs import Redactor
 from seedance_worker.models import Outcome
 from seedance_worker.settings import get_settings, reset_settings_cache
 from seedance_worker.steps.notify import NO_URL_ERROR, delivery_key, notify, webhook_id
+from seedance_worker.testing.webhooks import WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
-class Receiver:
-    """Answers POSTs with ``statuses`` in order (then 200) and keeps every request."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        self.statuses = list(statuses or [])
-        self.received: list[tuple[dict[str, str], bytes, int]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with outer.lock:
-                    code = outer.statuses.pop(0) if outer.statuses else 200
-                    outer.received.append((dict(self.headers.items()), body, code))
-                self.send_response(code)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/seedance?token=abc"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
+def receiver() -> Iterator[WebhookReceiver]:
+    """Unchecked and answering 200 past its plan: the tests verify the signatures themselves."""
+    with WebhookReceiver(path="/hooks/seedance?token=abc") as r:
         yield r
-    finally:
-        r.stop()
 
 
 def configure(env: pytest.MonkeyPatch, url: str | None, secret: str | None = SECRET, **more: str) -> None:
@@ -113,10 +68,10 @@ def run_until_done(outcome: dict[str, Any], limit: int = 20) -> tuple[dict[str, 
     raise AssertionError("notify never finished")
 
 
-def test_retried_until_delivered_and_signed(env: pytest.MonkeyPatch, receiver: Receiver) -> None:
+def test_retried_until_delivered_and_signed(env: pytest.MonkeyPatch, receiver: WebhookReceiver) -> None:
     """500, 500, 200: delivered on attempt 3; every attempt is signed and carries the same id."""
     configure(env, receiver.url)
-    receiver.statuses = [500, 500]
+    receiver.plan([500, 500])
     tid = new_id()
     result, retries = run_until_done(make_outcome(tid))
     assert retries == 2
@@ -128,9 +83,10 @@ def test_retried_until_delivered_and_signed(env: pytest.MonkeyPatch, receiver: R
         "delivered": True,
         "error": None,
     }
-    assert [code for _, _, code in receiver.received] == [500, 500, 200]
-    for headers, body, _ in receiver.received:
-        payload = Webhook(SECRET).verify(body, headers)
+    assert [d.answered for d in receiver.deliveries] == [500, 500, 200]
+    for d in receiver.deliveries:
+        headers = d.headers
+        payload = Webhook(SECRET).verify(d.body, dict(headers))
         assert headers["webhook-id"] == n["webhook_id"]
         assert headers["content-type"] == "application/json"
         assert payload["task_id"] == tid
@@ -140,18 +96,18 @@ def test_retried_until_delivered_and_signed(env: pytest.MonkeyPatch, receiver: R
     assert rec["delivered"] == "1" and rec["attempts"] == "3" and rec["status_code"] == "200"
 
 
-def test_delivered_notification_is_not_sent_again(env: pytest.MonkeyPatch, receiver: Receiver) -> None:
+def test_delivered_notification_is_not_sent_again(env: pytest.MonkeyPatch, receiver: WebhookReceiver) -> None:
     configure(env, receiver.url)
     tid = new_id()
     first = notify(make_outcome(tid))
     second = notify(make_outcome(tid))
-    assert len(receiver.received) == 1
+    assert len(receiver.deliveries) == 1
     assert second["notification"] == first["notification"]
     assert second["notification"]["delivered"] is True
 
 
 def test_a_sender_killed_mid_request_is_resent_and_counted_in_doubt(
-    env: pytest.MonkeyPatch, receiver: Receiver, caplog: pytest.LogCaptureFixture
+    env: pytest.MonkeyPatch, receiver: WebhookReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A claim that ran out without being released (its sender was SIGKILLed inside the POST) is
     sent again with the same webhook-id, and the delivery record counts it as in doubt."""
@@ -165,25 +121,25 @@ def test_a_sender_killed_mid_request_is_resent_and_counted_in_doubt(
     with caplog.at_level(logging.WARNING, logger="seedance_worker.steps.notify"):
         result = notify(make_outcome(tid))
     assert result["notification"]["delivered"] is True and result["notification"]["attempts"] == 2
-    assert [h["webhook-id"] for h, _, _ in receiver.received] == [wid]
+    assert [d.webhook_id for d in receiver.deliveries] == [wid]
     assert r.hget(delivery_key(wid), "in_doubt") == "1"
     assert any("died mid-request" in m and wid in m for m in caplog.messages)
     # An ordinary retry after a non-2xx answer is not in doubt.
     tid2 = new_id()
-    receiver.statuses = [503]
+    receiver.plan([503])
     run_until_done(make_outcome(tid2))
     assert r.hget(delivery_key(webhook_id(tid2, "succeeded")), "in_doubt") is None
 
 
-def test_eager_apply_runs_the_retries(env: pytest.MonkeyPatch, receiver: Receiver) -> None:
+def test_eager_apply_runs_the_retries(env: pytest.MonkeyPatch, receiver: WebhookReceiver) -> None:
     configure(env, receiver.url)
-    receiver.statuses = [503]
+    receiver.plan([503])
     result = notify.apply(args=(make_outcome(new_id()),)).get()
     assert result["notification"]["delivered"] is True
     assert result["notification"]["attempts"] == 2
 
 
-def test_webhook_id_is_stable_per_task_and_status(env: pytest.MonkeyPatch, receiver: Receiver) -> None:
+def test_webhook_id_is_stable_per_task_and_status(env: pytest.MonkeyPatch, receiver: WebhookReceiver) -> None:
     configure(env, receiver.url)
     tid = new_id()
     assert webhook_id(tid, "succeeded") == webhook_id(tid, "succeeded")
@@ -193,12 +149,12 @@ def test_webhook_id_is_stable_per_task_and_status(env: pytest.MonkeyPatch, recei
     assert ok["notification"]["webhook_id"] == webhook_id(tid, "succeeded")
     assert failed["notification"]["webhook_id"] == webhook_id(tid, "failed")
     assert ok["notification"]["webhook_id"] != failed["notification"]["webhook_id"]
-    assert len(receiver.received) == 2  # a new status is a new notification
+    assert len(receiver.deliveries) == 2  # a new status is a new notification
 
 
-def test_final_failure_is_recorded_not_raised(env: pytest.MonkeyPatch, receiver: Receiver) -> None:
+def test_final_failure_is_recorded_not_raised(env: pytest.MonkeyPatch, receiver: WebhookReceiver) -> None:
     configure(env, receiver.url, notify_max_attempts="3")
-    receiver.statuses = [500] * 10
+    receiver.plan([500] * 10)
     tid = new_id()
     result, retries = run_until_done(make_outcome(tid))
     n = result["notification"]
@@ -207,14 +163,14 @@ def test_final_failure_is_recorded_not_raised(env: pytest.MonkeyPatch, receiver:
     assert "HTTP 500" in n["error"]
     assert "token=abc" not in n["error"]  # the URL's query string is not repeated
     again = notify(make_outcome(tid))  # a re-driven chain: the budget is spent, nothing is sent
-    assert len(receiver.received) == 3
+    assert len(receiver.deliveries) == 3
     assert again["notification"]["attempts"] == 3 and again["notification"]["delivered"] is False
 
 
-def test_retry_window_bounds_the_attempts(env: pytest.MonkeyPatch, receiver: Receiver) -> None:
+def test_retry_window_bounds_the_attempts(env: pytest.MonkeyPatch, receiver: WebhookReceiver) -> None:
     """With SEEDANCE_NOTIFY_RETRY_FOR_S shorter than the first backoff, one attempt is all."""
     configure(env, receiver.url, notify_retry_for_s="0.5")
-    receiver.statuses = [500]
+    receiver.plan([500])
     result = notify(make_outcome(new_id()))
     assert result["notification"]["attempts"] == 1
     assert result["notification"]["delivered"] is False
@@ -232,19 +188,19 @@ def test_network_error_is_retried_then_recorded(env: pytest.MonkeyPatch) -> None
     assert "ConnectionError" in n["error"]
 
 
-def test_no_url_is_recorded_as_not_sent(env: pytest.MonkeyPatch, receiver: Receiver) -> None:
+def test_no_url_is_recorded_as_not_sent(env: pytest.MonkeyPatch, receiver: WebhookReceiver) -> None:
     configure(env, None)
     tid = new_id()
     result = notify(make_outcome(tid))
     assert result["notification"]["delivered"] is False
     assert result["notification"]["attempts"] == 0
     assert result["notification"]["error"] == NO_URL_ERROR
-    assert receiver.received == []
+    assert receiver.deliveries == []
     assert not get_store(get_settings()).r.exists(delivery_key(webhook_id(tid, "succeeded")))
 
 
 def test_unsigned_without_a_secret(
-    env: pytest.MonkeyPatch, receiver: Receiver, caplog: pytest.LogCaptureFixture
+    env: pytest.MonkeyPatch, receiver: WebhookReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     import seedance_worker.steps.notify as notify_mod
 
@@ -253,21 +209,24 @@ def test_unsigned_without_a_secret(
     caplog.set_level(logging.INFO)
     notify(make_outcome(new_id()))
     notify(make_outcome(new_id()))
-    assert len(receiver.received) == 2
-    headers = receiver.received[0][0]
+    assert len(receiver.deliveries) == 2
+    headers = receiver.deliveries[0].headers
     assert "webhook-signature" not in {k.lower() for k in headers}
     assert headers["webhook-id"].startswith("msg_") and headers["webhook-timestamp"].isdigit()
     assert caplog.text.count("notifications are sent unsigned") == 1
 
 
 def test_secret_never_logged_or_returned(
-    env: pytest.MonkeyPatch, receiver: Receiver, caplog: pytest.LogCaptureFixture
+    env: pytest.MonkeyPatch, receiver: WebhookReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     configure(env, receiver.url, notify_max_attempts="2")
     caplog.set_level(logging.DEBUG)
-    receiver.statuses = [500]
+    receiver.plan([500])
     result, _ = run_until_done(make_outcome(new_id()))
     raw_key = SECRET.removeprefix("whsec_")
-    for text in (caplog.text, json.dumps(result), *(b.decode() for _, b, _ in receiver.received)):
+    for text in (caplog.text, json.dumps(result), *(d.body.decode() for d in receiver.deliveries)):
         assert SECRET not in text and raw_key not in text
-    assert "token=abc" not in caplog.text
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("seedance_worker")]
+    assert ours and not any("token=abc" in m for m in ours)
+    # Third-party lines (urllib3 prints the request line at DEBUG) lose it in the worker's formatter.
+    assert "token=abc" not in Redactor()(caplog.text)

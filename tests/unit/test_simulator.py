@@ -9,10 +9,8 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 import requests
 
 from seedance_worker.testing.simulator import SimConfig, Simulator, make_mp4
+from seedance_worker.testing.webhooks import WebhookReceiver
 
 TASKS = "/contents/generations/tasks"
 MODEL_20 = "dreamina-seedance-2-0-260128"
@@ -486,74 +485,38 @@ def test_wrong_content_type_and_oversized_overrides(sim: Simulator, http: reques
 # ---- callbacks --------------------------------------------------------------------------------------
 
 
-class _Receiver:
-    """A tiny stdlib server recording callback posts; answers ``status`` (a list popped per post)."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        self.posts: list[dict[str, Any]] = []
-        self.statuses = statuses or []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-            def do_POST(self) -> None:
-                data = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.posts.append(json.loads(data))
-                code = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_callbacks_for_each_transition_without_polling(sim: Simulator, http: requests.Session) -> None:
     """callback_url gets the GET body for queued, running and succeeded, even when nobody polls."""
-    rx = _Receiver()
-    try:
+    with WebhookReceiver() as rx:
         task_id = create(http, sim, callback_url=rx.url).json()["id"]
-        wait_for(lambda: len(rx.posts) >= 3)
-        assert [p["status"] for p in rx.posts] == ["queued", "running", "succeeded"]
-        assert all(p["id"] == task_id for p in rx.posts)
-        assert rx.posts[-1]["content"]["video_url"] and rx.posts[-1]["usage"]["total_tokens"] == 108900
-        assert rx.posts[-1] == get(http, sim, task_id).json()
+        wait_for(lambda: len(rx.payloads()) >= 3)
+        assert [p["status"] for p in rx.payloads()] == ["queued", "running", "succeeded"]
+        assert all(p["id"] == task_id for p in rx.payloads())
+        last = rx.payloads()[-1]
+        assert last["content"]["video_url"] and last["usage"]["total_tokens"] == 108900
+        assert last == get(http, sim, task_id).json()
         assert len(sim.requests(kind="get")) == 1  # the callbacks did not need polls
         sim.configure(queued_s=30)
         cancelled = create(http, sim, callback_url=rx.url).json()["id"]
-        wait_for(lambda: any(p["id"] == cancelled for p in rx.posts))
+        wait_for(lambda: any(p["id"] == cancelled for p in rx.payloads()))
         assert http.delete(f"{sim.base_url}{TASKS}/{cancelled}").status_code == 200
         time.sleep(0.3)
-        assert [p["status"] for p in rx.posts if p["id"] == cancelled] == ["queued"]
+        assert [p["status"] for p in rx.payloads() if p["id"] == cancelled] == ["queued"]
         assert all(c.ok for c in sim.callbacks_sent)
-    finally:
-        rx.close()
 
 
 def test_callback_retries_for_terminal_status(sim: Simulator) -> None:
     """A failed delivery of a terminal status is retried up to 3 more times; others are not."""
-    rx = _Receiver(statuses=[500, 500, 500, 500, 500])
-    try:
+    with WebhookReceiver() as rx:
+        rx.plan([500] * 5)
         task_id = sim.add_task([("running", 0.05), ("failed", None)], callback_url=rx.url)
-        wait_for(lambda: len(rx.posts) >= 5)
+        wait_for(lambda: len(rx.payloads()) >= 5)
         time.sleep(0.2)
-        assert [p["status"] for p in rx.posts] == ["running", "failed", "failed", "failed", "failed"]
+        assert [p["status"] for p in rx.payloads()] == ["running", "failed", "failed", "failed", "failed"]
         sent = sim.callbacks_sent
         expected = [("running", 1, 500)] + [("failed", n, 500) for n in (1, 2, 3, 4)]
         assert [(c.status, c.attempt, c.status_code) for c in sent] == expected
         assert all(c.task_id == task_id for c in sent)
-    finally:
-        rx.close()
 
 
 # ---- request log, CLI, throughput -------------------------------------------------------------------

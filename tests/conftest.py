@@ -1,7 +1,7 @@
 """Shared fixtures: an embedded Redis (or TEST_REDIS_URL), the simulator, env for the workers.
 
 pytest-celery's plugin replaces the legacy in-process ``celery_worker`` fixture with a Docker one;
-this project never uses either (it runs real `celery worker` processes, tests/workers.py), so the
+this project never uses either (it runs real `celery worker` processes, tests/support/workers.py), so the
 Docker-backed fixtures are simply not requested.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from seedance_worker.testing.redis import EmbeddedRedis
+from seedance_worker.wiring.app import reset_caches
 
 # Session-wide: the bundled Celery app reads these once, when it is first built.
 _BASE_ENV = {
@@ -62,7 +63,7 @@ def _session_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     os.environ.update(_BASE_ENV)
     os.environ["SEEDANCE_REDIS_URL"] = redis_url
     os.environ["SEEDANCE_DOWNLOAD_DIR"] = str(tmp_path_factory.mktemp("videos"))
-    _reset_caches()
+    reset_caches()
     import seedance_worker
 
     seedance_worker.app.set_current()  # canvas built in tests (poll.s(...)) publishes through it
@@ -73,36 +74,13 @@ def _session_env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     os.environ.update(saved)
 
 
-def clean_redis(url: str) -> None:
-    """Empty the test Redis between worker tests, so no earlier test's messages reach new workers.
-
-    Only the embedded Redis (which this session created) is flushed; with TEST_REDIS_URL only this
-    project's own keys go.
-    """
-    import redis
-
-    r = redis.Redis.from_url(url)
-    if not os.environ.get("TEST_REDIS_URL"):
-        r.flushdb()
-        return
-    for pattern in ("seedance:*", "seedance.*", "unacked*", "_kombu.*", "celery-task-meta-*", "test:*"):
-        for key in r.scan_iter(pattern, count=1000):
-            r.delete(key)
-
-
-def _reset_caches() -> None:
-    from seedance_worker.wiring.app import reset_caches
-
-    reset_caches()
-
-
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """Set SEEDANCE_* variables for one test; caches are rebuilt before and after."""
-    _reset_caches()
+    reset_caches()
     yield monkeypatch
     monkeypatch.undo()
-    _reset_caches()
+    reset_caches()
 
 
 @pytest.fixture
@@ -112,7 +90,7 @@ def sim(env: pytest.MonkeyPatch) -> Iterator[object]:
 
     s = Simulator().start()
     env.setenv("SEEDANCE_API_BASE_URL", s.base_url)
-    _reset_caches()
+    reset_caches()
     try:
         yield s
     finally:
@@ -123,5 +101,5 @@ def sim(env: pytest.MonkeyPatch) -> Iterator[object]:
 def download_dir(env: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     d = tmp_path / "videos"
     env.setenv("SEEDANCE_DOWNLOAD_DIR", str(d))
-    _reset_caches()
+    reset_caches()
     return d

@@ -66,7 +66,7 @@ def flaky(fail_rate: float, rng: random.Random, code: int = 503) -> Answer:
     """Answers ``code`` to a share of the signed deliveries, on purpose (retries must cover it)."""
 
     def answer(delivery: Delivery) -> int:
-        if delivery.verified is False:
+        if delivery.verified is False or delivery.error:
             return 401
         return code if rng.random() < fail_rate else 200
 

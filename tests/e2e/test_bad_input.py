@@ -31,7 +31,6 @@ from seedance_worker.submit import submit
 from seedance_worker.testing.redis import free_port
 from seedance_worker.testing.simulator import SimConfig, Simulator
 from seedance_worker.track import track_many
-from tests.conftest import _reset_caches, clean_redis
 from tests.support.bad_input_helpers import (
     API_KEY,
     CLI,
@@ -44,9 +43,10 @@ from tests.support.bad_input_helpers import (
     cli,
     job_of,
     main,
-    wait_for,
     worker_start_cmd,
 )
+from tests.support.env import clean_redis, reset_caches
+from tests.support.waiting import wait_for
 from tests.support.workers import Workers, worker_env
 
 TEXT = [{"type": "text", "text": "a red fox in snow"}]
@@ -58,7 +58,7 @@ def secrets_env(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Every row runs with a real-looking API key and webhook secret, so a leak would show."""
     env.setenv("SEEDANCE_API_KEY", API_KEY)
     env.setenv("SEEDANCE_NOTIFY_SECRET", NOTIFY_SECRET)
-    _reset_caches()
+    reset_caches()
     return env
 
 
@@ -136,7 +136,7 @@ def keyed_sim(env: pytest.MonkeyPatch) -> Iterator[Simulator]:
     """A simulator that accepts only API_KEY; SEEDANCE_API_BASE_URL points at it."""
     s = Simulator(config=SimConfig(api_keys=frozenset({API_KEY}), queued_s=0.2, running_s=0.3)).start()
     env.setenv("SEEDANCE_API_BASE_URL", s.base_url)
-    _reset_caches()
+    reset_caches()
     yield s
     s.stop()
 
@@ -153,7 +153,7 @@ def test_cli_status_with_a_wrong_key(keyed_sim: Simulator) -> None:
 
 def test_client_with_a_wrong_key_never_shows_it(keyed_sim: Simulator, env: pytest.MonkeyPatch) -> None:
     env.setenv("SEEDANCE_API_KEY", WRONG_KEY)
-    _reset_caches()
+    reset_caches()
     tid = keyed_sim.add_task([("running", None)])
     with pytest.raises(errors.AuthenticationFailed) as info:
         get_client().get_task(tid)
@@ -197,7 +197,7 @@ def test_worker_with_a_wrong_key_keeps_the_job_then_finishes_it_with_the_right_k
         tid = sim.add_task([("queued", 0.2), ("running", 0.3), ("succeeded", None)])
 
         env.setenv("SEEDANCE_API_KEY", WRONG_KEY)
-        _reset_caches()
+        reset_caches()
         with Workers(tmp_path, n=1, concurrency=1) as wrong:
             result = seedance_worker.track(tid, metadata={"order": "o-3"})
             wait_for(lambda: len(sim.requests(kind="get", task_id=tid)) >= 3, 20, "three refused polls")
@@ -213,7 +213,7 @@ def test_worker_with_a_wrong_key_keeps_the_job_then_finishes_it_with_the_right_k
             assert_no_secret(wrong.logs())
 
         env.setenv("SEEDANCE_API_KEY", API_KEY)
-        _reset_caches()
+        reset_caches()
         with Workers(tmp_path, n=1, concurrency=1) as right:
             outcome = result.get(timeout=30)
             assert outcome["status"] == "succeeded" and outcome["metadata"] == {"order": "o-3"}
@@ -260,7 +260,7 @@ def test_worker_keeps_polling_an_unreachable_api_and_recovers(
     port = free_port()
     env.setenv("SEEDANCE_API_BASE_URL", f"http://127.0.0.1:{port}/api/v3")
     env.setenv("SEEDANCE_ON_SUCCEEDED", "seedance.notify")
-    _reset_caches()
+    reset_caches()
     clean_redis(redis_url)
     tid = "cgt-20260101000000-unrch"
     with Workers(tmp_path, n=1, concurrency=1):
@@ -331,7 +331,7 @@ def test_cli_with_a_malformed_redis_url_names_it_without_the_password(url: str) 
 
 def test_track_with_an_unreachable_redis_does_not_show_the_password(env: pytest.MonkeyPatch) -> None:
     env.setenv("SEEDANCE_REDIS_URL", BAD_REDIS["SEEDANCE_REDIS_URL"])
-    _reset_caches()
+    reset_caches()
     with pytest.raises(redis.exceptions.ConnectionError) as info:
         seedance_worker.track("cgt-20260101000000-noreds")
     assert "127.0.0.1:9" in str(info.value)
@@ -436,7 +436,7 @@ def test_download_refusals_are_recorded_in_the_outcome(
     for k, v in setup.items():
         if k.startswith("SEEDANCE_"):
             env.setenv(k, v)
-    _reset_caches()
+    reset_caches()
     result = download_video(outcome)
     err = result["step_errors"]["download"]
     size = len(sim.file_bytes(tid))

@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,14 +30,15 @@ from typing import Any
 import pytest
 import redis
 from celery import group
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import seedance_worker
 from seedance_worker.engine.store import JobRecord, get_store
 from seedance_worker.steps.charge import charge_usage, entry_id, list_ledger
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import _reset_caches, clean_redis
+from seedance_worker.testing.webhooks import WebhookReceiver
 from tests.support.e2e_downstream_tasks import ENRICH_KEY
+from tests.support.env import clean_redis, reset_caches
+from tests.support.waiting import wait_for
 from tests.support.workers import WorkerProcess, Workers
 
 pytestmark = pytest.mark.slow
@@ -55,22 +56,6 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _wait_for(
-    what: str,
-    cond: Callable[[], Any],
-    timeout_s: float,
-    logs: Callable[[], str],
-    why: Callable[[], Any] = str,
-) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"{what} not within {timeout_s:g}s ({why()}); worker logs:\n{logs()}")
-
-
 def _tails(ws: Workers) -> Callable[[], str]:
     return lambda: "\n".join(f"=== {w.name}\n{w.log_text()[-2500:]}" for w in ws.procs)
 
@@ -80,11 +65,11 @@ def _wait_done(tid: str, timeout_s: float, ws: Workers) -> JobRecord:
         rec = get_store().get(tid)
         return rec if rec is not None and rec.state == "done" else None
 
-    rec: JobRecord = _wait_for(f"job {tid} done", done, timeout_s, _tails(ws), lambda: get_store().get(tid))
+    rec: JobRecord = wait_for(done, timeout_s, f"job {tid} done", lambda: f"{get_store().get(tid)}\n{_tails(ws)()}")
     return rec
 
 
-# --- helpers: a throttling file proxy and a webhook receiver ---------------------------------------
+# --- helpers: a throttling file proxy ---------------------------------------
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -167,69 +152,6 @@ class ThrottleProxy:
             conn.close()
 
 
-@dataclass
-class Delivery:
-    task_id: str | None
-    webhook_id: str | None
-    answered: int
-    verified: bool
-    body: dict[str, Any] = field(default_factory=dict)
-    at: float = field(default_factory=time.time)
-
-
-class WebhookReceiver:
-    """A Standard Webhooks receiver: verifies every POST and answers from a per-task plan (else 200)."""
-
-    def __init__(self, secret: str) -> None:
-        self.secret = secret
-        self.plan: dict[str, list[int]] = {}
-        self.deliveries: list[Delivery] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                try:
-                    Webhook(receiver.secret).verify(raw, headers)
-                    verified = True
-                except WebhookVerificationError:
-                    verified = False
-                body = json.loads(raw)
-                tid = body.get("task_id")
-                with receiver.lock:
-                    queued = receiver.plan.get(tid or "")
-                    code = queued.pop(0) if queued else 200
-                    receiver.deliveries.append(Delivery(tid, headers.get("webhook-id"), code, verified, body))
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/seedance"
-
-    def start(self) -> WebhookReceiver:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-    def for_task(self, tid: str) -> list[Delivery]:
-        with self.lock:
-            return [d for d in self.deliveries if d.task_id == tid]
-
-
 # --- fleets ---------------------------------------------------------------------------------------
 
 
@@ -256,7 +178,8 @@ def _fleet(
     proxy = ThrottleProxy(sim.url, rate).start() if rate else None
     if proxy is not None:
         sim.configure(public_url=proxy.url)  # video URLs point at the proxy
-    rec = WebhookReceiver(_secret()).start() if receiver else None
+    secret = _secret()
+    rec = WebhookReceiver(secret).start() if receiver else None
     download_dir = tmp / "videos"
     try:
         with pytest.MonkeyPatch.context() as mp:
@@ -264,10 +187,10 @@ def _fleet(
             mp.setenv("SEEDANCE_DOWNLOAD_DIR", str(download_dir))
             if rec is not None:
                 mp.setenv("SEEDANCE_NOTIFY_URL", rec.url)
-                mp.setenv("SEEDANCE_NOTIFY_SECRET", rec.secret)
+                mp.setenv("SEEDANCE_NOTIFY_SECRET", secret)
             for k, v in env.items():
                 mp.setenv(k, v)
-            _reset_caches()
+            reset_caches()
             clean_redis(redis_url)
             try:
                 with Workers(
@@ -279,7 +202,7 @@ def _fleet(
                         _stop_together(ws)
             finally:
                 mp.undo()
-                _reset_caches()
+                reset_caches()
     finally:
         for server in (rec, proxy, sim):
             if server is not None:
@@ -356,7 +279,7 @@ def test_sigkill_mid_download_leaves_no_partial_file_and_ends_downloaded_once(
             p = f.download_dir / f".{tid}.mp4.part"
             return p.exists() and p.stat().st_size >= 256 * 1024
 
-        _wait_for("the partial file", part_big, 30, _tails(f.ws))
+        wait_for(part_big, 30, "the partial file", _tails(f.ws))
         part = (f.download_dir / f".{tid}.mp4.part").resolve()
         holders = _openers(part)
         victim = _owner(holders[0], f.ws.procs) if len(holders) == 1 else None
@@ -364,7 +287,7 @@ def test_sigkill_mid_download_leaves_no_partial_file_and_ends_downloaded_once(
         victim.kill()
         killed_at = time.time()
         # SIGKILL lands asynchronously on the child: read the size once nothing has the file open.
-        _wait_for("the killed child to go", lambda: not _openers(part), 10, _tails(f.ws))
+        wait_for(lambda: not _openers(part), 10, "the killed child to go", _tails(f.ws))
         at_kill = part.stat().st_size
         # A reader never sees a partial file under the final name.
         assert not final.exists() or _sha(final.read_bytes()) == _sha(expected)
@@ -436,7 +359,7 @@ def test_notify_retries_500s_until_a_signed_200(shared: Fleet) -> None:
     f = shared
     assert f.receiver is not None
     tid = f.sim.add_task(SCRIPT)
-    f.receiver.plan[tid] = [500, 500]
+    f.receiver.plan([500, 500], task_id=tid)
     seedance_worker.track(tid)
     rec = _wait_done(tid, 30, f.ws)
 
@@ -449,8 +372,8 @@ def test_notify_retries_500s_until_a_signed_200(shared: Fleet) -> None:
     assert all(d.verified for d in got)
     assert {d.webhook_id for d in got} == {note["webhook_id"]}
     delivered = [d for d in got if 200 <= d.answered < 300]
-    assert len(delivered) == 1 and delivered[0].body["status"] == "succeeded"
-    assert delivered[0].body["video"]["sha256"] == _sha(f.sim.file_bytes(tid))
+    assert len(delivered) == 1 and delivered[0].payload["status"] == "succeeded"
+    assert delivered[0].payload["video"]["sha256"] == _sha(f.sim.file_bytes(tid))
     gaps = [round(b.at - a.at, 2) for a, b in itertools.pairwise(got)]
     print(f"\nnotify: answers {[d.answered for d in got]}, gaps {gaps} s")
 
@@ -513,8 +436,8 @@ def test_refused_downloads_record_a_typed_error_and_still_notify(shared: Fleet) 
         assert not any(n.startswith((tid, f".{tid}")) for n in _files(f.download_dir)), tid
         got = f.receiver.for_task(tid)
         assert len(got) == 1 and got[0].verified and got[0].answered == 200
-        assert got[0].body["step_errors"]["download"]["kind"] == kind
-        assert got[0].body["video"] is None
+        assert got[0].payload["step_errors"]["download"]["kind"] == kind
+        assert got[0].payload["video"] is None
         assert out["notification"]["delivered"] is True
     host_tid = next(t for t, k in cases.items() if k == "host_not_allowed")
     assert f.sim.requests(kind="file", task_id=host_tid) == []
@@ -544,7 +467,7 @@ def test_user_task_in_on_succeeded_gets_the_downloaded_outcome_and_feeds_the_nex
     enriched = {"by": "tests.enrich", **mine[0]}
     got = f.receiver.for_task(tid)
     assert len(got) == 1 and got[0].verified
-    body = got[0].body
+    body = got[0].payload
     assert body["enriched"] == enriched
     assert body["video"]["sha256"] == sha and body["metadata"] == {"user": "u-6"}
     assert body["charge"]["entry_id"] == entry_id(tid)  # charge ran after enrich, and kept its field

@@ -24,7 +24,7 @@ import seedance_worker
 from seedance_worker import intake
 from seedance_worker.settings import get_settings
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import _reset_caches, clean_redis
+from tests.support.env import clean_redis, reset_caches
 from tests.support.workers import Workers, worker_env
 
 TOKEN = "intake-test-token-0f9e8d7c6b5a4"
@@ -74,11 +74,11 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes]) -> None:
 def served(env: pytest.MonkeyPatch, redis_url: str) -> Iterator[str]:
     """The intake WSGI app on a free port in a thread; SEEDANCE_INTAKE_URL/TOKEN point at it."""
     env.setenv("SEEDANCE_INTAKE_TOKEN", TOKEN)
-    _reset_caches()
+    reset_caches()
     server = intake.make_intake_server("127.0.0.1", 0, get_settings())
     base = f"http://127.0.0.1:{server.server_address[1]}"
     env.setenv("SEEDANCE_INTAKE_URL", base)
-    _reset_caches()
+    reset_caches()
     clean_redis(redis_url)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -128,7 +128,7 @@ def test_token_dedupe_bad_json_and_untracked(served: str, sim: Simulator) -> Non
 def test_short_token_is_refused(env: pytest.MonkeyPatch) -> None:
     env.setenv("SEEDANCE_INTAKE_URL", "http://127.0.0.1:1")
     env.setenv("SEEDANCE_INTAKE_TOKEN", "short")
-    _reset_caches()
+    reset_caches()
     with pytest.raises(seedance_worker.errors.ConfigError, match="SEEDANCE_INTAKE_TOKEN"):
         intake.callback_url_for(get_settings())
 
@@ -159,7 +159,7 @@ def intake_process(env: pytest.MonkeyPatch, redis_url: str) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     env.setenv("SEEDANCE_INTAKE_TOKEN", TOKEN)
     env.setenv("SEEDANCE_INTAKE_URL", base)
-    _reset_caches()
+    reset_caches()
     clean_redis(redis_url)
     proc = subprocess.Popen([sys.executable, "-m", "seedance_worker", "intake", "--port", str(port)],
                             env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
@@ -208,7 +208,7 @@ def test_callbacks_bring_downstream_within_a_second_of_success(
         env.setenv(name, value)
     sim = Simulator(config=SimConfig(queued_s=1.5, running_s=1.5)).start()
     env.setenv("SEEDANCE_API_BASE_URL", sim.base_url)
-    _reset_caches()
+    reset_caches()
     try:
         with Workers(tmp_path, n=1, concurrency=4, extra_args=["--include", "tests.e2e.test_intake"]) as ws:
             submitted = []

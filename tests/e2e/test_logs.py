@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,8 @@ import seedance_worker
 from seedance_worker import logs
 from seedance_worker.settings import get_settings, load_settings
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import _reset_caches, clean_redis
+from seedance_worker.testing.webhooks import WebhookReceiver
+from tests.support.env import clean_redis, reset_caches
 from tests.support.workers import Workers
 
 API_KEY = "test-key-not-a-secret-0123456789"  # conftest's SEEDANCE_API_KEY
@@ -41,34 +40,22 @@ def leak_secrets() -> dict[str, Any]:
     return {"video_url": SIGNED_URL}
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def json_worker(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[tuple[Simulator, Workers]]:
     sim = Simulator(config=SimConfig(queued_s=0.2, running_s=0.3)).start()
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    hook = WebhookReceiver(WEBHOOK_SECRET).start()
     env.setenv("SEEDANCE_API_BASE_URL", sim.base_url)
     env.setenv("SEEDANCE_LOG_JSON", "true")
-    env.setenv("SEEDANCE_NOTIFY_URL", f"http://127.0.0.1:{hook.server_address[1]}/hook")
+    env.setenv("SEEDANCE_NOTIFY_URL", hook.url)
     env.setenv("SEEDANCE_NOTIFY_SECRET", WEBHOOK_SECRET)
     env.setenv("SEEDANCE_INTAKE_TOKEN", INTAKE_TOKEN)
-    _reset_caches()
+    reset_caches()
     clean_redis(redis_url)
     try:
         with Workers(tmp_path, n=1, concurrency=2, extra_args=["-l", "DEBUG", "--include", "tests.e2e.test_logs"]) as ws:
             yield sim, ws
     finally:
-        hook.shutdown()
-        hook.server_close()
+        hook.stop()
         sim.stop()
 
 

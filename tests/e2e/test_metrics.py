@@ -16,7 +16,7 @@ import seedance_worker
 from seedance_worker import metrics
 from seedance_worker.engine.store import get_store
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import _reset_caches, clean_redis
+from tests.support.env import clean_redis, reset_caches
 from tests.support.workers import Workers
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def metered(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator
     env.setenv("SEEDANCE_API_BASE_URL", sim.base_url)
     env.setenv("SEEDANCE_METRICS_PORT", str(port))
     env.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    _reset_caches()
+    reset_caches()
     clean_redis(redis_url)
     try:
         with Workers(tmp_path, n=1, concurrency=2) as ws:

@@ -16,8 +16,8 @@ import seedance_worker
 from seedance_worker.engine.store import get_store
 from seedance_worker.keys import PARKED
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import _reset_caches, clean_redis
 from tests.support.e2e_tasks import CANVAS_KEY
+from tests.support.env import configure
 from tests.support.workers import Workers
 
 pytestmark = pytest.mark.slow
@@ -27,16 +27,18 @@ pytestmark = pytest.mark.slow
 def parked(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[Simulator]:
     """Every wait over 0.4 s is parked; intervals of 0.6-1.0 s; one prefork worker."""
     sim = Simulator(config=SimConfig()).start()
-    env.setenv("SEEDANCE_API_BASE_URL", sim.base_url)
-    env.setenv("SEEDANCE_POLL_PARK_AFTER_S", "0.4")
-    env.setenv("SEEDANCE_POLL_MIN_INTERVAL_S", "0.6")
-    env.setenv("SEEDANCE_POLL_QUEUED_INTERVAL_S", "1.0")
-    env.setenv("SEEDANCE_POLL_RUNNING_INTERVAL_S", "0.8")
-    env.setenv("SEEDANCE_DISPATCH_INTERVAL_S", "0.2")
-    env.setenv("SEEDANCE_ON_SUCCEEDED", "")
-    env.setenv("SEEDANCE_ON_FAILED", "")
-    _reset_caches()
-    clean_redis(redis_url)
+    configure(
+        env,
+        redis_url,
+        api_base_url=sim.base_url,
+        poll_park_after_s="0.4",
+        poll_min_interval_s="0.6",
+        poll_queued_interval_s="1.0",
+        poll_running_interval_s="0.8",
+        dispatch_interval_s="0.2",
+        on_succeeded="",
+        on_failed="",
+    )
     with Workers(tmp_path, n=1, concurrency=2, extra_args=["--include", "tests.support.e2e_tasks"]):
         yield sim
     sim.stop()

@@ -21,8 +21,8 @@ import seedance_worker
 from seedance_worker.engine.store import get_store
 from seedance_worker.errors import GenerationCancelled, GenerationExpired, GenerationFailed, TaskNotFound
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import clean_redis
 from tests.support.e2e_tasks import CANVAS_KEY, RECORD_KEY
+from tests.support.env import configure
 from tests.support.workers import Workers, worker_env
 
 pytestmark = pytest.mark.slow
@@ -32,13 +32,13 @@ pytestmark = pytest.mark.slow
 def e2e(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[tuple[Simulator, Workers]]:
     """The simulator plus two prefork workers (-c 2) whose downstream chain is a recording user task."""
     sim = Simulator(config=SimConfig(queued_s=0.3, running_s=0.6)).start()
-    env.setenv("SEEDANCE_API_BASE_URL", sim.base_url)
-    env.setenv("SEEDANCE_ON_SUCCEEDED", "tests.record_outcome,tests.after_record")
-    env.setenv("SEEDANCE_ON_FAILED", "tests.record_outcome")
-    from tests.conftest import _reset_caches
-
-    _reset_caches()
-    clean_redis(redis_url)
+    configure(
+        env,
+        redis_url,
+        api_base_url=sim.base_url,
+        on_succeeded="tests.record_outcome,tests.after_record",
+        on_failed="tests.record_outcome",
+    )
     with Workers(tmp_path, n=2, concurrency=2, extra_args=["--include", "tests.support.e2e_tasks"]) as ws:
         yield sim, ws
     sim.stop()

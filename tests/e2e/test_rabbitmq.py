@@ -18,7 +18,7 @@ import redis
 import seedance_worker
 from seedance_worker.engine.store import get_store
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import _reset_caches, clean_redis
+from tests.support.env import clean_redis, reset_caches
 from tests.support.workers import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def rabbit(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[
     env.setenv("SEEDANCE_API_BASE_URL", sim.base_url)
     env.setenv("SEEDANCE_POLL_QUEUE", poll_q)  # fresh queues: nothing left over from earlier runs
     env.setenv("SEEDANCE_POST_QUEUE", post_q)
-    _reset_caches()
+    reset_caches()
     clean_redis(redis_url)
     sys.modules.pop("tests.support.rabbit_app", None)
     app = importlib.import_module("tests.support.rabbit_app").app

@@ -10,7 +10,7 @@ import pytest
 
 import seedance_worker
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import _reset_caches, clean_redis
+from tests.support.env import clean_redis, reset_caches
 from tests.support.workers import Workers
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def limited(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator
         "SEEDANCE_ON_FAILED": "",
     }.items():
         env.setenv(name, value)
-    _reset_caches()
+    reset_caches()
     clean_redis(redis_url)
     with Workers(tmp_path, n=3, concurrency=2):
         yield sim

@@ -15,8 +15,8 @@ import redis
 import seedance_worker
 from seedance_worker.engine.store import get_store
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import _reset_caches, clean_redis
 from tests.support.e2e_tasks import RECORD_KEY
+from tests.support.env import configure
 from tests.support.workers import Workers
 
 pytestmark = pytest.mark.slow
@@ -25,13 +25,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def fleet(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[tuple[Simulator, Workers]]:
     sim = Simulator(config=SimConfig()).start()
-    env.setenv("SEEDANCE_API_BASE_URL", sim.base_url)
-    env.setenv("SEEDANCE_POLL_MIN_INTERVAL_S", "0.5")
-    env.setenv("SEEDANCE_POLL_MAX_INTERVAL_S", "1.5")
-    env.setenv("SEEDANCE_ON_SUCCEEDED", "tests.record_outcome")
-    env.setenv("SEEDANCE_ON_FAILED", "tests.record_outcome")
-    _reset_caches()
-    clean_redis(redis_url)
+    configure(
+        env,
+        redis_url,
+        api_base_url=sim.base_url,
+        poll_min_interval_s="0.5",
+        poll_max_interval_s="1.5",
+        on_succeeded="tests.record_outcome",
+        on_failed="tests.record_outcome",
+    )
     ws = Workers(tmp_path, n=3, concurrency=2, extra_args=["--include", "tests.support.e2e_tasks"])
     with ws:
         yield sim, ws

@@ -14,7 +14,7 @@ import pytest
 from seedance_worker import errors
 from seedance_worker.submit import create_once, submit
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import _reset_caches
+from tests.support.env import reset_caches
 
 CLI = str(Path(sys.executable).parent / "seedance-worker")
 MODEL = "seedance-1-5-pro-251215"
@@ -29,7 +29,7 @@ def slow_sim(env: pytest.MonkeyPatch) -> Iterator[Simulator]:
     """A simulator whose create takes 0.5 s, so concurrent submits overlap for real."""
     s = Simulator(config=SimConfig(latency_s=0.5)).start()
     env.setenv("SEEDANCE_API_BASE_URL", s.base_url)
-    _reset_caches()
+    reset_caches()
     yield s
     s.stop()
 
@@ -61,7 +61,7 @@ def test_redelivered_submit_tracks_the_recorded_id(sim: Simulator) -> None:
 def test_ambiguous_post_is_recorded_and_never_reposted(sim: Simulator, env: pytest.MonkeyPatch) -> None:
     """A create that times out is recorded as ambiguous; the same key then refuses to post again."""
     env.setenv("SEEDANCE_HTTP_READ_TIMEOUT_S", "0.3")
-    _reset_caches()
+    reset_caches()
     sim.configure(timeout_rate=1.0, timeout_sleep_s=1.0)
     with pytest.raises(errors.SubmitAmbiguous):
         submit(MODEL, [{"type": "text", "text": "cat"}], idempotency_key=KEY_AMBIGUOUS)

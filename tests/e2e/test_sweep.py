@@ -19,19 +19,21 @@ from seedance_worker.engine.sweep import run_sweep
 from seedance_worker.errors import GenerationFailed
 from seedance_worker.keys import DUE, LAG
 from seedance_worker.testing.simulator import Simulator
-from tests.conftest import _reset_caches, clean_redis
 from tests.support.e2e_tasks import CANVAS_KEY
+from tests.support.env import clean_redis, configure
 from tests.support.workers import Workers
 
 
 @pytest.fixture
 def worker(sim: Simulator, env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[Simulator]:
-    env.setenv("SEEDANCE_ON_SUCCEEDED", "")
-    env.setenv("SEEDANCE_ON_FAILED", "")
-    # The test calls run_sweep() itself; the worker's own sweeper thread would race it.
-    env.setenv("SEEDANCE_SWEEP_INTERVAL_S", "3600")
-    _reset_caches()
-    clean_redis(redis_url)
+    configure(
+        env,
+        redis_url,
+        on_succeeded="",
+        on_failed="",
+        # The test calls run_sweep() itself; the worker's own sweeper thread would race it.
+        sweep_interval_s="3600",
+    )
     with Workers(tmp_path, n=1, concurrency=2, extra_args=["--include", "tests.support.e2e_tasks"]):
         yield sim
 
@@ -104,11 +106,7 @@ def test_workers_re_drive_a_lost_poll_without_beat(
 ) -> None:
     """No beat, nobody calling run_sweep(): the workers' own sweeper thread re-drives a job whose
     poll message is gone, under the chain's own Celery id."""
-    env.setenv("SEEDANCE_ON_SUCCEEDED", "")
-    env.setenv("SEEDANCE_ON_FAILED", "")
-    env.setenv("SEEDANCE_SWEEP_INTERVAL_S", "0.5")
-    _reset_caches()
-    clean_redis(redis_url)
+    configure(env, redis_url, on_succeeded="", on_failed="", sweep_interval_s="0.5")
     with Workers(tmp_path, n=1, concurrency=2):
         tid = sim.add_task([("queued", 1.0), ("succeeded", None)])
         owner = str(uuid.uuid4())

@@ -22,7 +22,7 @@ from celery.result import AsyncResult
 import seedance_worker
 from seedance_worker.engine.store import get_store
 from seedance_worker.testing.simulator import Simulator
-from tests.conftest import _reset_caches, clean_redis
+from tests.support.env import clean_redis, reset_caches
 from tests.support.workers import Workers
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def old_state(env: pytest.MonkeyPatch, redis_url: str) -> Iterator[Simulator]:
     for task_id in STATE["jobs"].values():
         sim.add_task([("running", 1.5), ("succeeded", None)], task_id=task_id)
     env.setenv("SEEDANCE_API_BASE_URL", sim.base_url)
-    _reset_caches()
+    reset_caches()
     clean_redis(redis_url)
     _restore(redis.Redis.from_url(redis_url, decode_responses=True), STATE["keys"])
     yield sim

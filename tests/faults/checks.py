@@ -49,7 +49,7 @@ class Findings:
 
 
 def _ok(d: Any) -> bool:
-    return bool(200 <= d.code < 300)
+    return d.ok
 
 
 def _round(v: float | None) -> float | None:
@@ -151,7 +151,7 @@ def in_doubt_resends(run: RunData) -> dict[str, int]:
     for wid, c in run.ok_by_wid.items():
         if c < 2:
             continue
-        first = min(d.ts for d in run.deliveries if d.webhook_id == wid and _ok(d))
+        first = min(d.at for d in run.deliveries if d.webhook_id == wid and _ok(d))
         counted = run.in_doubt_counted.get(wid, 0)
         if counted >= c - 1 and any(-0.5 <= k.ts - first <= 2.0 for k in run.kills):
             out[wid] = c - 1
@@ -167,7 +167,7 @@ def check_deliveries_signed(run: RunData) -> Findings:
     f.fields["deliveries"] = {
         "total": len(run.deliveries),
         "2xx": sum(run.ok_by_wid.values()),
-        "503": sum(1 for d in run.deliveries if d.code == 503),
+        "503": sum(1 for d in run.deliveries if d.answered == 503),
         "unverified": len(unverified),
     }
     return f
@@ -187,7 +187,7 @@ def check_one_delivery_per_job(run: RunData) -> Findings:
                 tid,
                 f"{len(ok)} 2xx deliveries (expected exactly 1)",
                 deliveries=[
-                    (d.ts, d.webhook_id, d.status, d.code) for d in run.deliveries if d.task_id == tid
+                    (d.at, d.webhook_id, d.status, d.answered) for d in run.deliveries if d.task_id == tid
                 ],
             )
         elif ok[0].webhook_id != wid or ok[0].status != job.fate:

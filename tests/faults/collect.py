@@ -18,7 +18,8 @@ import redis
 from seedance_worker.engine.store import get_store
 from seedance_worker.steps.charge import LEDGER, list_ledger
 from seedance_worker.steps.notify import delivery_key
-from tests.faults.services import Delivery, RecordingSimulator, WebhookReceiver
+from seedance_worker.testing.webhooks import Delivery, WebhookReceiver
+from tests.faults.services import RecordingSimulator
 
 QUEUES = ("seedance.poll", "seedance.post")
 
@@ -112,7 +113,7 @@ def ledger(r: redis.Redis) -> tuple[list[str], list[dict[str, Any]], dict[str, A
 
 def in_doubt_counted(r: redis.Redis, deliveries: list[Delivery]) -> dict[str, int]:
     """The ``in_doubt`` count of the delivery record of every webhook-id answered 2xx more than once."""
-    ok = Counter(d.webhook_id for d in deliveries if 200 <= d.code < 300)
+    ok = Counter(d.webhook_id for d in deliveries if d.ok)
     return {wid: int(r.hget(delivery_key(wid), "in_doubt") or 0) for wid, c in ok.items() if c > 1}
 
 
@@ -171,11 +172,11 @@ def dump_requests(workdir: Path, sim: RecordingSimulator, receiver: WebhookRecei
     with open(workdir / "deliveries.jsonl", "w") as fh:
         for d in receiver.deliveries:
             row = {
-                "ts": d.ts,
+                "ts": d.at,
                 "webhook_id": d.webhook_id,
                 "task_id": d.task_id,
                 "status": d.status,
-                "code": d.code,
+                "code": d.answered,
                 "verified": d.verified,
             }
             fh.write(json.dumps(row) + "\n")

@@ -6,9 +6,9 @@ One run:
   the AOF replays), restarted mid-run;
 * the simulator with faults (5xx, read timeouts, malformed bodies, the first download of every video
   answered 403 "expired", 429 bursts with ``Retry-After``);
-* a Standard Webhooks receiver (stdlib ``ThreadingHTTPServer``) that verifies every signature, answers
+* the Standard Webhooks receiver of ``seedance_worker.testing.webhooks``: verifies every signature, answers
   some deliveries 503 on purpose and records every delivery;
-* real prefork ``celery -A seedance_worker worker`` processes (``tests/workers.py``), SIGKILLed as a
+* real prefork ``celery -A seedance_worker worker`` processes (``tests/support/workers.py``), SIGKILLed as a
   whole process group at random moments and replaced;
 * the sweeper: a real ``celery -A seedance_worker beat`` process (``-s`` in the run's directory);
 * N jobs: some created over HTTP with ``seedance_worker.submit`` (prompt markers pick the fate),
@@ -41,10 +41,11 @@ import redis
 import seedance_worker
 from seedance_worker.testing.redis import EmbeddedRedis
 from seedance_worker.testing.simulator import SimConfig
+from seedance_worker.testing.webhooks import WebhookReceiver, flaky
 from tests.faults import collect
 from tests.faults.checks import judge
 from tests.faults.rundata import Job, RunData, Timeline
-from tests.faults.services import RecordingSimulator, WebhookReceiver, driver_app, seedance_environ
+from tests.faults.services import RecordingSimulator, driver_app, seedance_environ
 from tests.faults.storm import Storm
 
 MODEL = "seedance-1-5-pro-251215"
@@ -229,9 +230,8 @@ class FaultRun:
         self.sim = RecordingSimulator(
             config=dataclasses.replace(sim_cfg, error_rate_5xx=0, timeout_rate=0, malformed_rate=0)
         ).start()
-        self.receiver = WebhookReceiver(
-            self.webhook_secret, self.cfg.webhook_fail_rate, random.Random(self.rng.random())
-        ).start()
+        answer = flaky(self.cfg.webhook_fail_rate, random.Random(self.rng.random()))
+        self.receiver = WebhookReceiver(self.webhook_secret, answer=answer).start()
         return faults
 
     # ---- the plan --------------------------------------------------------------------------------

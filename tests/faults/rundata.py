@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seedance_worker.testing.simulator import RequestRecord
-from tests.faults.services import Delivery
+from seedance_worker.testing.webhooks import Delivery
 
 
 @dataclass
@@ -126,7 +126,7 @@ class RunData:
     @property
     def ok_by_wid(self) -> Counter[str]:
         """2xx deliveries per webhook-id."""
-        return Counter(d.webhook_id for d in self.deliveries if 200 <= d.code < 300)
+        return Counter(d.webhook_id for d in self.deliveries if d.ok)
 
     def retry_after_of(self, rec: RequestRecord) -> float:
         ra = self.retry_after.get(rec.request_id)

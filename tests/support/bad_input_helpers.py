@@ -8,9 +8,7 @@ import json
 import os
 import subprocess
 import sys
-import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +43,13 @@ def main(
     traceback the user would see, so a test asserting "no traceback" fails the same way.
     """
     from seedance_worker.cli import main as cli_main
-    from tests.conftest import _reset_caches
+    from tests.support.env import reset_caches
 
     saved = dict(os.environ)
     for name in drop:
         os.environ.pop(name, None)
     os.environ.update(env or {})
-    _reset_caches()
+    reset_caches()
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -65,7 +63,7 @@ def main(
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        _reset_caches()
+        reset_caches()
     return subprocess.CompletedProcess(["seedance-worker", *args], code, out.getvalue(), err.getvalue())
 
 
@@ -95,16 +93,6 @@ def assert_clean_failure(out: subprocess.CompletedProcess[str], code: int) -> st
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert_no_secret(out.stdout, out.stderr)
     return out.stderr
-
-
-def wait_for(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def jobs_json(env: dict[str, str] | None = None) -> list[dict[str, Any]]:

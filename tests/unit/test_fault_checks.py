@@ -9,9 +9,9 @@ from typing import Any
 from seedance_worker.engine.store import JobRecord
 from seedance_worker.steps.notify import webhook_id
 from seedance_worker.testing.simulator import RequestRecord
+from seedance_worker.testing.webhooks import Delivery
 from tests.faults import checks
 from tests.faults.rundata import Job, KillEvent, RunData, Timeline
-from tests.faults.services import Delivery
 
 T0 = 1_000.0
 SHA = hashlib.sha256(b"video").hexdigest()
@@ -43,7 +43,8 @@ def record(tid: str, status: str, terminal_at: float) -> JobRecord:
 
 
 def delivery(tid: str, status: str, ts: float, code: int = 200) -> Delivery:
-    return Delivery(ts, webhook_id(tid, status), tid, status, code, True, None, b'{"ok":1}')
+    payload = {"task_id": tid, "status": status}
+    return Delivery(ts, "/hooks/seedance", {"webhook-id": webhook_id(tid, status)}, b"{}", code, True, None, payload)
 
 
 def clean_run() -> RunData:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import requests
 
 from seedance_worker.testing.simulator import SimConfig, Simulator, make_mp4
 from seedance_worker.testing.webhooks import WebhookReceiver
+from tests.support.waiting import wait_for
 
 TASKS = "/contents/generations/tasks"
 MODEL_20 = "dreamina-seedance-2-0-260128"
@@ -40,17 +41,6 @@ def http() -> Iterator[requests.Session]:
     with requests.Session() as s:
         s.headers["Authorization"] = "Bearer test-key"
         yield s
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 3.0, interval: float = 0.02) -> Any:
-    """Poll ``fn`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def create(http: requests.Session, sim: Simulator, text: str = "a cat", **fields: Any) -> requests.Response:
@@ -173,7 +163,7 @@ def test_execution_expires_after_expires_a_stuck_task(http: requests.Session) ->
     """A task stuck before a terminal state expires at created_at + execution_expires_after * time_scale."""
     with Simulator(config=SimConfig(time_scale=0.0001)) as sim:
         task_id = sim.add_task([("queued", None)], execution_expires_after=3600)
-        body = wait_for(lambda: (x := get(http, sim, task_id).json())["status"] == "expired" and x, timeout=3)
+        body = wait_for(lambda: (x := get(http, sim, task_id).json())["status"] == "expired" and x, timeout_s=3)
         state = sim.task(task_id)
         assert state is not None and state["history"][-1][0] == "expired"
         assert body["execution_expires_after"] == 3600

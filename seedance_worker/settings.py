@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -243,10 +244,22 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         raise ConfigError(_format_validation_error(err)) from None
 
 
+# Where get_settings() builds from when not the environment alone: a host app's configuration,
+# registered by install() (wiring/host.py). Kept here as a callable so this floor imports no Celery.
+_source: Callable[[], Settings] | None = None
+
+
+def set_source(source: Callable[[], Settings] | None) -> None:
+    global _source
+    _source = source
+    get_settings.cache_clear()
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide Settings, built once."""
-    return load_settings()
+    """The process-wide Settings, built once: from the host app's configuration when ``install()``
+    ran on one, else from the ``SEEDANCE_*`` variables."""
+    return _source() if _source is not None else load_settings()
 
 
 def reset_settings_cache() -> None:

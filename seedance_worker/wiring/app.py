@@ -10,15 +10,18 @@ import importlib
 import importlib.util
 import logging
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from celery import Celery, current_app
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from seedance_worker.client import reset_clients
 from seedance_worker.engine.store import reset_stores
 from seedance_worker.errors import ConfigError
 from seedance_worker.settings import Settings, get_settings, reset_settings_cache
 from seedance_worker.wiring import compat as _compat  # noqa: F401  (kombu work-around, see compat.py)
+from seedance_worker.wiring import host
 from seedance_worker.wiring import signals as _signals  # noqa: F401  (connects every handler)
 from seedance_worker.wiring.checks import check_app
 from seedance_worker.wiring.conf import TASK_MODULES, beat_schedule, celery_config, routes
@@ -67,15 +70,19 @@ def _started_by_celery_cli() -> bool:
     return argv0.endswith(("celery", "celery/__main__.py")) or "celery" in sys.argv[:2]
 
 
+def _refuse_under_celery_cli(exc: ConfigError) -> None:
+    if _started_by_celery_cli():
+        # `celery -A ... worker` with a bad setting: one clear line naming it, instead of a hundred
+        # lines of Click traceback ending in it.
+        print(f"seedance-worker: refusing to start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def create_app() -> Celery:
     try:
         get_settings()
     except ConfigError as exc:
-        if _started_by_celery_cli():
-            # `celery -A seedance_worker worker` with a bad SEEDANCE_* variable: one clear line
-            # naming it, instead of a hundred lines of Click traceback ending in it.
-            print(f"seedance-worker: refusing to start: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+        _refuse_under_celery_cli(exc)
         raise
     app = Celery("seedance_worker")
     _load_config(app)
@@ -83,14 +90,19 @@ def create_app() -> Celery:
     return app
 
 
-def install(app: Celery, settings: Settings | None = None) -> Celery:
-    """Add the seedance tasks, queues, routes and sweeper schedule to an existing Celery app.
+def install(app: Celery, settings: Settings | Mapping[str, Any] | None = None) -> Celery:
+    """Add the seedance tasks, queues, routes and sweeper schedule to an existing Celery app, and
+    make its configuration this process's settings (wiring/host.py says from where, in which order).
 
-    The tasks carry their own reliability options (``acks_late``, ``reject_on_worker_lost``), so the
-    host's defaults for its other tasks stay as they are. Conflicting host settings are reported at
-    worker start (``check_app``).
+    Call it once the app is configured (after ``config_from_object``). The tasks carry their own
+    reliability options (``acks_late``, ``reject_on_worker_lost``), so the host's defaults for its
+    other tasks stay as they are. Conflicting host settings are reported at worker start.
     """
-    settings = settings or get_settings()
+    try:
+        settings = host.adopt(app, settings)
+    except ConfigError as exc:
+        _refuse_under_celery_cli(exc)
+        raise
     for module in TASK_MODULES:
         importlib.import_module(module)
     include = list(app.conf.include or ())
@@ -106,11 +118,7 @@ def install(app: Celery, settings: Settings | None = None) -> Celery:
         seq = existing if isinstance(existing, list | tuple) else [existing]
         app.conf.task_routes = (ours, *seq)
 
-    queues = app.conf.task_queues
-    if queues:
-        names = {q.name for q in queues}
-        extra = [Queue(n) for n in (settings.poll_queue, settings.post_queue) if n not in names]
-        app.conf.task_queues = (*queues, *extra)
+    _add_queues(app, settings)
 
     schedule = dict(app.conf.beat_schedule or {})
     for name, entry in beat_schedule(settings).items():
@@ -121,6 +129,23 @@ def install(app: Celery, settings: Settings | None = None) -> Celery:
         app.conf.accept_content = [*accept, "json"]
     mark_ours(app)
     return app
+
+
+def _add_queues(app: Celery, settings: Settings) -> None:
+    """The seedance queues join the host's, so a worker started without ``-Q`` consumes them too."""
+    queues = list(app.conf.task_queues or ())
+    if not queues and app.conf.task_default_queue:
+        # What Celery would declare by itself when task_queues is empty: the default queue.
+        queues = [
+            Queue(
+                app.conf.task_default_queue,
+                Exchange(app.conf.task_default_exchange),
+                routing_key=app.conf.task_default_routing_key,
+            )
+        ]
+    names = {q.name for q in queues}
+    extra = [Queue(n) for n in (settings.poll_queue, settings.post_queue) if n not in names]
+    app.conf.task_queues = (*queues, *extra)
 
 
 def reset_caches() -> None:

@@ -18,6 +18,7 @@ import redis
 import seedance_worker
 from seedance_worker.engine.store import get_store
 from seedance_worker.testing.simulator import SimConfig, Simulator
+from seedance_worker.wiring import host
 from tests.support.env import clean_redis, reset_caches
 from tests.support.workers import WorkerProcess, worker_env
 
@@ -56,6 +57,7 @@ def rabbit(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[
         worker.stop()
         sim.stop()
         seedance_worker.app.set_current()
+        host.forget()
         with app.connection_for_write() as conn:
             for q in (poll_q, post_q):
                 with contextlib.suppress(Exception):

@@ -15,6 +15,7 @@ from celery import Celery, current_app
 from seedance_worker import install
 from seedance_worker.settings import get_settings
 from seedance_worker.testing.simulator import Simulator
+from seedance_worker.wiring import host
 from seedance_worker.wiring.app import reset_caches
 from seedance_worker.wiring.conf import celery_config
 
@@ -48,6 +49,7 @@ def driver_app() -> Iterator[Any]:
         yield app
     finally:
         previous.set_current()
+        host.forget()
         with contextlib.suppress(Exception):
             app.close()
 

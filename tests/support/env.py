@@ -27,8 +27,8 @@ def clean_redis(url: str) -> None:
             r.delete(key)
 
 
-def configure(env: pytest.MonkeyPatch, redis_url: str | None = None, **settings: str | None) -> None:
-    """``SEEDANCE_<NAME>`` for each keyword (None unsets it), caches rebuilt; with ``redis_url``, the
+def configure(env: pytest.MonkeyPatch, flush_url: str | None = None, /, **settings: str | None) -> None:
+    """``SEEDANCE_<NAME>`` for each keyword (None unsets it), caches rebuilt; with ``flush_url``, that
     test Redis emptied too (a fixture about to start workers)."""
     for name, value in settings.items():
         if value is None:
@@ -36,5 +36,5 @@ def configure(env: pytest.MonkeyPatch, redis_url: str | None = None, **settings:
         else:
             env.setenv(f"SEEDANCE_{name.upper()}", value)
     reset_caches()
-    if redis_url is not None:
-        clean_redis(redis_url)
+    if flush_url is not None:
+        clean_redis(flush_url)

@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     intake_body_timeout_s: float = Field(10.0, gt=0, le=300)
     intake_max_connections: int = Field(64, ge=1, le=10_000)
     intake_poll_min_interval_s: float | None = Field(None, gt=0, le=3600)
+    intake_shared_path: bool = True
     sweep_interval_s: float = Field(5.0, gt=0)
 
     @field_validator("on_succeeded", "on_failed", "download_allowed_hosts", mode="before")

@@ -228,7 +228,7 @@ def test_callbacks_bring_downstream_within_a_second_of_success(
                 time.sleep(0.1)
             started = {k: float(v) for k, v in r.hgetall(STARTED_KEY).items()}
             req = sim.requests(kind="create")[0]
-            assert req.body["callback_url"] == f"{intake_process}/callbacks/{TOKEN}"
+            assert req.body["callback_url"].startswith(f"{intake_process}/callbacks/j/")  # one per task
             delays = [started[tid] - sim.task(tid)["terminal_at"] for tid, _ in submitted]  # type: ignore[index]
             median = statistics.median(delays)
             print(f"callback -> downstream start: median {median * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import select
 import socket
 import threading
@@ -21,7 +22,7 @@ import seedance_worker
 from seedance_worker import intake
 from seedance_worker.engine.store import JobRecord, get_store
 from seedance_worker.settings import get_settings
-from seedance_worker.testing.simulator import Simulator
+from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.conftest import _reset_caches, clean_redis
 from tests.e2e.test_intake import post
 from tests.support.workers import Workers
@@ -294,3 +295,65 @@ def test_request_values_reach_the_log_escaped(
     for m in messages:
         assert m.isprintable(), repr(m)
         assert TOKEN not in m
+
+
+# --- per-task callback URLs -------------------------------------------------------------------------
+
+JOB_URL = re.compile(r"/callbacks/j/[0-9a-f]{32}\.[A-Za-z0-9_-]{43}$")
+
+
+@pytest.fixture
+def slow_sim(env: pytest.MonkeyPatch) -> Iterator[Simulator]:
+    """A simulator whose tasks stay queued for the whole test (its own callbacks stay quiet)."""
+    s = Simulator(config=SimConfig(queued_s=120, running_s=120)).start()
+    env.setenv("SEEDANCE_API_BASE_URL", s.base_url)
+    _reset_caches()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _submitted_urls(env: pytest.MonkeyPatch, sim: Simulator, base: str, n: int) -> list[tuple[str, str]]:
+    env.setenv("SEEDANCE_INTAKE_URL", base)
+    _reset_caches()
+    ids = [seedance_worker.submit("seedance-1-5-pro-251215", [{"type": "text", "text": f"a fox {i}"}],
+                                  idempotency_key=f"fox-{i}")[0] for i in range(n)]  # fmt: skip
+    urls = [r.body["callback_url"] for r in sim.requests(kind="create")]
+    return list(zip(ids, urls, strict=True))
+
+
+def test_submit_gives_each_task_its_own_callback_url_that_opens_only_that_job(
+    env: pytest.MonkeyPatch, redis_url: str, slow_sim: Simulator
+) -> None:
+    """The URL given to Ark carries no shared token: a per-task nonce and its HMAC. It opens its own
+    job only (another job's id in the body is 404 and writes nothing); a forged MAC is 404; a
+    re-submit under the same idempotency key keeps the first URL working."""
+    with serving(env, redis_url) as (url, _):
+        base = url.split("/callbacks/", 1)[0]
+        (a, url_a), (b, url_b) = _submitted_urls(env, slow_sim, base, 2)
+        assert JOB_URL.search(url_a) and JOB_URL.search(url_b) and url_a != url_b, (url_a, url_b)
+        assert TOKEN not in url_a + url_b
+        store, r = get_store(), redis.Redis.from_url(redis_url)
+        b_before = r.hgetall(f"seedance:job:{b}")
+        assert post(url_a, callback(b, "running", 1)) == (404, {"error": "not found"})
+        assert r.hgetall(f"seedance:job:{b}") == b_before
+        forged = url_a[:-3] + ("AAA" if not url_a.endswith("AAA") else "BBB")
+        assert post(forged, callback(a, "running", 2))[0] == 404
+        assert post(url_a, callback(a, "running", 3)) == (202, {"result": "accepted"})
+        # the same key again: found, not posted, so the URL Ark holds for it stays the bound one
+        again = seedance_worker.submit("seedance-1-5-pro-251215", [{"type": "text", "text": "a fox 0"}],
+                                       idempotency_key="fox-0")  # fmt: skip
+        assert again[0] == a and len(slow_sim.requests(kind="create")) == 2
+        assert post(url_a, callback(a, "succeeded", 4)) == (202, {"result": "pending"})
+        assert (store.get(a) or JobRecord(a)).callback_nonce == url_a.rsplit("/", 1)[1].split(".")[0]
+        # the shared path of earlier versions still works, for tasks created before the upgrade
+        assert post(url, callback(b, "running", 5)) == (202, {"result": "accepted"})
+
+
+def test_the_shared_path_can_be_closed(env: pytest.MonkeyPatch, redis_url: str, slow_sim: Simulator) -> None:
+    with serving(env, redis_url, intake_shared_path="false") as (url, _):
+        base = url.split("/callbacks/", 1)[0]
+        [(a, url_a)] = _submitted_urls(env, slow_sim, base, 1)
+        assert post(url, callback(a, "running", 1))[0] == 404
+        assert post(url_a, callback(a, "running", 1)) == (202, {"result": "accepted"})

@@ -17,7 +17,8 @@ single-folder layout). Who owns what:
 - the ledger (``steps/charge.py``): ``seedance:ledger`` list, ``seedance:ledger:by_task`` hash
 - video records (``steps/download.py``): ``seedance:video:{task_id}`` string
 - webhook deliveries (``steps/notify.py``): ``seedance:delivery:{webhook_id}`` hash
-- callback de-duplication (``intake.py``): ``seedance:intake:{task_id}:{status}:{updated_at}``
+- callback de-duplication (``intake.py``): in the job hash itself (``hint_seen``, ``hint_gen``), so a
+  callback for an untracked id writes nothing (before: ``seedance:intake:...`` strings, 24 h TTL)
 """
 
 from __future__ import annotations
@@ -49,10 +50,6 @@ def video(task_id: str) -> str:
 
 def delivery(webhook_id: str) -> str:
     return f"{PREFIX}delivery:{webhook_id}"
-
-
-def intake(task_id: str, status: str, updated_at: str) -> str:
-    return f"{PREFIX}intake:{task_id}:{status}:{updated_at}"
 
 
 def rate_limit(account: str) -> tuple[str, str]:

@@ -159,8 +159,9 @@ def charged_tokens(n: int | None, model: str | None) -> None:
 
 
 def intake_callback(result: str) -> None:
-    """A callback post answered: accepted, duplicate, unchanged, ignored, bad_token, not_found,
-    bad_request, error."""
+    """A callback post answered: accepted, duplicate, unchanged, pending, scheduled, ignored,
+    wrong_job, bad_token, not_found, bad_request, error; or a connection refused over the cap (busy)
+    or closed at a read deadline (timeout)."""
     _safely(lambda: _m().intake.labels(result=result).inc())
 
 

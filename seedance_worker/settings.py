@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     intake_url: str | None = None
     intake_token: SecretStr | None = None
+    intake_header_timeout_s: float = Field(10.0, gt=0, le=300)
+    intake_body_timeout_s: float = Field(10.0, gt=0, le=300)
+    intake_max_connections: int = Field(64, ge=1, le=10_000)
+    intake_poll_min_interval_s: float | None = Field(None, gt=0, le=3600)
+    intake_shared_path: bool = True
     sweep_interval_s: float = Field(5.0, gt=0)
 
     @field_validator("on_succeeded", "on_failed", "download_allowed_hosts", mode="before")
@@ -168,6 +173,12 @@ class Settings(BaseSettings):
                 f"{self.visibility_timeout_s} ({self.visibility_timeout_s / 2:g} s): a countdown message "
                 "older than the visibility timeout is redelivered and polls twice"
             )
+
+    def intake_poll_floor_s(self) -> float:
+        """The least time between a job's last poll and one a callback asks for."""
+        if self.intake_poll_min_interval_s is not None:
+            return self.intake_poll_min_interval_s
+        return self.poll_min_interval_s
 
     def api_key_value(self) -> str:
         if self.api_key is None or not self.api_key.get_secret_value():

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from seedance_worker import connections, errors, keys, scripts
 from seedance_worker.client import get_client
 from seedance_worker.engine.jobs import ChainSpec, validate_metadata
+from seedance_worker.engine.store import get_store
 from seedance_worker.models import CreateRequest
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.settings import Settings, get_settings
@@ -44,6 +45,11 @@ def build_request(model: str, content: Any, **create_fields: Any) -> CreateReque
 
 def create_once(req: CreateRequest, key: str, settings: Settings) -> str:
     """POST ``req`` unless ``key`` already made (or is making) a task; return the remote id."""
+    return create_or_find(req, key, settings)[0]
+
+
+def create_or_find(req: CreateRequest, key: str, settings: Settings) -> tuple[str, bool]:
+    """``create_once``, also saying whether this call posted (False: ``key`` had made it before)."""
     r = connections.get_redis(settings)
     claim = scripts.load(r, "seedance_worker", "submit_claim")
     settle = scripts.load(r, "seedance_worker", "submit_settle")
@@ -55,7 +61,7 @@ def create_once(req: CreateRequest, key: str, settings: Settings) -> str:
         )
         if state == "created" and remote_id:
             log.info("submit key=%s already created %s: tracking it, not posting again", key, remote_id)
-            return str(remote_id)
+            return str(remote_id), False
         if state == "ambiguous":
             raise errors.SubmitAmbiguous(
                 f"an earlier create with idempotency key {key!r} ended ambiguously; look the task up "
@@ -82,7 +88,7 @@ def create_once(req: CreateRequest, key: str, settings: Settings) -> str:
         raise
     settle(keys=[keys.idempotency(key)], args=[token, "created", remote_id, ""])
     log.info("submit key=%s created %s", key, remote_id)
-    return remote_id
+    return remote_id, True
 
 
 def submit(
@@ -99,16 +105,20 @@ def submit(
     """Create the remote task (never twice for one idempotency key) and track it."""
     settings = settings or get_settings()
     validate_metadata(metadata, settings)
+    nonce = ""
     if settings.intake_url and create_fields.get("callback_url") is None and settings.intake_token:
-        from seedance_worker.intake import callback_url_for
+        from seedance_worker.intake import job_callback_url
 
-        create_fields["callback_url"] = callback_url_for(settings)
+        create_fields["callback_url"], nonce = job_callback_url(settings)
     req = build_request(model, content, **create_fields)
     key = idempotency_key or uuid.uuid4().hex
-    remote_id = create_once(req, key, settings)
+    remote_id, posted = create_or_find(req, key, settings)
     result = track(
         remote_id, on_succeeded=on_succeeded, on_failed=on_failed, metadata=metadata, settings=settings
     )
+    if nonce and posted:
+        # Only a create this call posted carries this URL; an earlier one's stays bound.
+        get_store(settings).bind_callback(remote_id, nonce)
     return remote_id, result
 
 

@@ -7,7 +7,7 @@ in ``lua/`` (each opens with its KEYS/ARGV map), so two copies of a poll message
 restore after the visibility timeout, a duplicate ``track()``) can never both advance a job: the
 copy whose ``gen`` no longer matches is stale and drops out without calling the API. Other modules
 ask the store by intent (register, begin, advance, finish, touch, complete, claim_overdue,
-claim_due), never by key.
+claim_due, hint, bind_callback), never by key.
 
 Every script takes the fields it writes as one JSON object in ARGV[1] and the task id in ARGV[2].
 """
@@ -47,6 +47,7 @@ INT_FIELDS = (
     "terminal_gen",
     "handoff_fires",
     "expires_after",
+    "hint_gen",
 )
 
 
@@ -79,6 +80,9 @@ class JobRecord:
     on_succeeded: list[Any] | None = None  # None: SEEDANCE_ON_SUCCEEDED at hand-off time
     on_failed: list[Any] | None = None
     canvas: dict[str, Any] | None = None  # the caller's poll signature (chain, links) when not track()
+    hint_seen: str | None = None  # the last callback taken for this job (intake.py), for de-duplication
+    hint_gen: int | None = None  # the generation an early poll was last published for
+    callback_nonce: str | None = None  # of the per-task callback URL submit() gave Ark (intake/urls.py)
 
     @classmethod
     def from_hash(cls, task_id: str, raw: dict[str, str]) -> JobRecord:
@@ -165,6 +169,17 @@ class Overdue:
 
 
 @dataclass(frozen=True)
+class Hint:
+    """What ``hint`` decided for a callback: the verdict and, when ``accepted``, the early poll."""
+
+    verdict: str  # ignored | duplicate | unchanged | pending | scheduled | accepted
+    gen: int = 0
+    owner: str = ""
+    countdown_s: float = 0.0
+    canvas: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Due:
     """A parked poll the dispatcher claimed: publish it for ``due_at``."""
 
@@ -177,6 +192,7 @@ class Due:
 
 _SCRIPTS = (
     "register", "begin", "advance", "finish", "complete", "touch", "claim_overdue", "claim_due",
+    "hint", "unhint", "bind_callback",
 )  # fmt: skip
 
 
@@ -192,6 +208,9 @@ class JobStore:
         self._touch = loaded["touch"]
         self._claim_overdue = loaded["claim_overdue"]
         self._claim_due = loaded["claim_due"]
+        self._hint = loaded["hint"]
+        self._unhint = loaded["unhint"]
+        self._bind_callback = loaded["bind_callback"]
 
     def __repr__(self) -> str:
         return "JobStore()"
@@ -294,6 +313,31 @@ class JobStore:
             Due(tid, int(gen), owner, float(due), json.loads(canvas) if canvas else None)
             for tid, gen, owner, due, canvas in _rows(flat, 5)
         ]
+
+    def hint(
+        self, task_id: str, *, status: str, seen: str, now: float, min_interval_s: float, nonce: str = ""
+    ) -> Hint:
+        """Take a callback for a job in one round trip: de-duplicated by ``seen``, and an early poll
+        granted at most once per generation and never sooner than ``min_interval_s`` after the
+        job's last poll. Nothing is written for a job that is not tracked or not polling, nor when
+        ``nonce`` (of a per-task callback URL) is not the one bound to the job."""
+        args: list[str | float] = ["{}", task_id, status, seen, now, min_interval_s, nonce]
+        res = self._hint(keys=[keys.job(task_id)], args=args)
+        verdict = _s(res[0])
+        if verdict != "accepted":
+            return Hint(verdict, int(_s(res[1])) if len(res) > 1 else 0)
+        canvas = _s(res[4])
+        return Hint(
+            verdict, int(_s(res[1])), _s(res[2]), float(_s(res[3])), json.loads(canvas) if canvas else None
+        )
+
+    def bind_callback(self, task_id: str, nonce: str) -> bool:
+        """Bind a per-task callback URL's nonce to the job (once); False when there is no job."""
+        return bool(self._bind_callback(keys=[keys.job(task_id)], args=["{}", task_id, nonce]))
+
+    def unhint(self, task_id: str, *, seen: str, gen: int) -> None:
+        """Take back a granted hint whose early poll was never published (a retry may try again)."""
+        self._unhint(keys=[keys.job(task_id)], args=["{}", task_id, seen, gen])
 
     def fleet_lag_s(self, *, max_age_s: float = 2 * LAG_WINDOW_S) -> float:
         """How late polls have been starting lately (a queue backlog); 0 when none began recently."""

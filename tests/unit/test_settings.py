@@ -17,6 +17,8 @@ def test_defaults_match_the_interface() -> None:
     assert s.on_failed == ["seedance.notify"]
     assert "*.volces.com" in s.download_allowed_hosts and "*.bytepluses.com" in s.download_allowed_hosts
     assert s.poll_min_interval_s < s.poll_max_interval_s
+    assert (s.intake_header_timeout_s, s.intake_body_timeout_s, s.intake_max_connections) == (10, 10, 64)
+    assert s.intake_poll_floor_s() == s.poll_min_interval_s and s.intake_shared_path
 
 
 def test_typo_is_named_with_the_closest_setting() -> None:
@@ -37,6 +39,11 @@ def test_typo_is_named_with_the_closest_setting() -> None:
         ({"SEEDANCE_POLL_MIN_INTERVAL_S": "90"}, "SEEDANCE_POLL_MIN_INTERVAL_S"),
         ({"SEEDANCE_API_BASE_URL": "not a url"}, "SEEDANCE_API_BASE_URL"),
         ({"SEEDANCE_METRICS_PORT": "70000"}, "SEEDANCE_METRICS_PORT"),
+        ({"SEEDANCE_INTAKE_MAX_CONNECTIONS": "0"}, "SEEDANCE_INTAKE_MAX_CONNECTIONS"),
+        ({"SEEDANCE_INTAKE_HEADER_TIMEOUT_S": "0"}, "SEEDANCE_INTAKE_HEADER_TIMEOUT_S"),
+        ({"SEEDANCE_INTAKE_BODY_TIMEOUT_S": "forever"}, "SEEDANCE_INTAKE_BODY_TIMEOUT_S"),
+        ({"SEEDANCE_INTAKE_POLL_MIN_INTERVAL_S": "-1"}, "SEEDANCE_INTAKE_POLL_MIN_INTERVAL_S"),
+        ({"SEEDANCE_INTAKE_SHARED_PATH": "maybe"}, "SEEDANCE_INTAKE_SHARED_PATH"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:

@@ -86,4 +86,4 @@ def check_signature(head: bytes, kind: Kind, where: str) -> None:
         if head.startswith(_IMAGES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
             return
         what = "a PNG, JPEG or WebP image"
-    raise DownloadError(f"{where} is not {what}; it starts with {head[:16]!r}", "not_a_video")
+    raise DownloadError(f"{where} is not {what}; it starts with {head[:SNIFF_BYTES]!r}", "not_a_video")

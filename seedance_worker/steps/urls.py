@@ -146,9 +146,11 @@ def refuse_private(host: str, address: str, url: str | None = None) -> None:
     label = _non_global(address)
     if label is not None:
         where = shown(url) if url else host
+        what = f"resolves to {address}, a {label} address"
+        if host.strip("[]") == address:
+            what = f"is a {label} address"
         raise DownloadError(
-            f"refusing to download from {where}: {host} resolves to {address}, a {label} address "
-            f"(set {_OPT_IN} to allow it)",
+            f"refusing to download from {where}: {host} {what} (set {_OPT_IN} to allow it)",
             "host_not_allowed",
         )
 

@@ -449,7 +449,8 @@ def test_private_addresses_are_refused_unless_opted_in(
     result = download_video(make_outcome(tid, f"http://{host}:{files.port}/files/{tid}.mp4?sig=SECRET"))
     err = result["step_errors"]["download"]
     assert err["kind"] == "host_not_allowed", err
-    assert "127.0.0.1, a loopback address" in err["message"]
+    expected = "is a loopback address" if host == "127.0.0.1" else "resolves to 127.0.0.1, a loopback address"
+    assert f"{host} {expected}" in err["message"]
     assert "SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS=true" in err["message"]
     assert files.requests == []
 
@@ -821,3 +822,27 @@ def test_a_gzip_bomb_is_too_large(files: FileServer, download_dir: Path, env: py
     result = download_video(make_outcome(tid, url))
     assert result["step_errors"]["download"]["kind"] == "too_large"
     assert listing(download_dir) == []
+
+
+# --- the new settings -----------------------------------------------------------------------------
+
+
+def test_download_hardening_settings_defaults_and_bad_values() -> None:
+    """Private addresses are refused by default; a bad value fails at start, naming the setting."""
+    from seedance_worker.errors import ConfigError
+    from seedance_worker.settings import load_settings
+
+    s = load_settings({})
+    assert s.download_allow_private_hosts is False
+    assert s.download_attempt_budget_s == 1800 and s.download_min_bytes_per_s == 1024
+    bad = [
+        ({"SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S": "60"}, "SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S (60) is below "
+         "SEEDANCE_DOWNLOAD_TIMEOUT_S (120)"),
+        ({"SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S": "0"}, "SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S"),
+        ({"SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S": "-1"}, "SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S"),
+        ({"SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS": "perhaps"}, "SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS"),
+    ]  # fmt: skip
+    for environ, named in bad:
+        with pytest.raises(ConfigError) as info:
+            load_settings(environ)
+        assert named in str(info.value), info.value

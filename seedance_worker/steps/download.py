@@ -12,7 +12,9 @@ and returns the same ``VideoFile`` without fetching anything.
 
 Faults and what happens:
 
-* connection dropped mid-body: resumed with ``Range: bytes=N-`` (a ``200`` answer restarts at 0);
+* connection dropped (or a body slower than SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S): resumed with
+  ``Range: bytes=N-`` and ``If-Range`` (a ``200``, or a range of another version, restarts at 0);
+* an attempt longer than SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S: retried (kind ``too_slow``), resuming;
 * 403/404 from storage (the signed URL expired): the task is fetched again for a fresh URL
   (at most ``MAX_URL_REFRESHES`` times);
 * 5xx/429 from storage, or more drops than ``fetch.MAX_RESUMES``: ``self.retry`` (the chain is kept),

@@ -190,9 +190,10 @@ class LocalStorage:
         part = self._part_path(name)
         tmp.fh.flush()
         os.fsync(tmp.fh.fileno())
-        os.replace(part, final)  # still holding the lock: nobody can be writing the renamed inode
+        # The facts go first: a crash in between leaves a partial file that restarts, not a stray file.
         with contextlib.suppress(FileNotFoundError):
             self._meta_path(name).unlink()
+        os.replace(part, final)  # still holding the lock: nobody can be writing the renamed inode
         tmp.fh.close()
         _fsync_dir(final.parent)
         return final.resolve().as_uri()

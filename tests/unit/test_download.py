@@ -616,15 +616,16 @@ def test_a_dripping_body_counts_as_a_drop_and_ends_as_too_slow(
     files: FileServer, download_dir: Path, env: pytest.MonkeyPatch
 ) -> None:
     """A body dripping ~10 bytes/s (never a read timeout) is below SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S
-    over a window: dropped and resumed (Range), then retried, then recorded as too_slow."""
-    set_env(env, download_timeout_s="0.5", download_min_bytes_per_s="1000")
+    (default 1024) over a window: dropped and resumed (Range), then retried, then recorded as
+    too_slow. (Before, it ran for as long as the drip lasted, extending its own lease.)"""
+    set_env(env, download_timeout_s="0.5")
     tid = new_id()
     path = f"/files/{tid}.mp4"
-    url = files.add(path, Route(body=SMALL_VIDEO, drip_s=0.1))
+    url = files.add(path, Route(body=SMALL_VIDEO * 10, drip_s=0.1))  # 4000 s to drip it all
     result = download_video.apply(args=(make_outcome(tid, url),)).get()
     err = result["step_errors"]["download"]
     assert err["kind"] == "too_slow", err
-    assert "SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S=1000" in err["message"]
+    assert "SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S=1024" in err["message"]
     hits = files.hits(path)
     assert len(hits) == (1 + download_mod.MAX_RETRIES) * (1 + fetch_mod.MAX_RESUMES)
     assert any(h.get("Range") for h in hits)  # each drop resumed where the bytes stopped

@@ -150,6 +150,7 @@ def base_env(redis_url: str, api_base_url: str, **seedance: Any) -> dict[str, st
     env["SEEDANCE_API_KEY"] = "bench-key"
     env["SEEDANCE_DOWNLOAD_DIR"] = str(LOGS / "videos")
     env["SEEDANCE_DOWNLOAD_ALLOWED_HOSTS"] = "127.0.0.1,localhost"
+    env["SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS"] = "true"  # the simulator serves files on loopback
     for k, v in seedance.items():
         name = k.upper()
         env[name if name.startswith(("SEEDANCE_", "BENCH_")) else "SEEDANCE_" + name] = str(v)

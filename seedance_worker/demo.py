@@ -89,6 +89,7 @@ def run_demo(jobs: int = 4, workdir: str = "seedance-demo", timeout_s: float = 1
         "SEEDANCE_API_KEY": "demo-key-" + secrets.token_hex(8),
         "SEEDANCE_DOWNLOAD_DIR": str(videos),
         "SEEDANCE_DOWNLOAD_ALLOWED_HOSTS": "127.0.0.1",
+        "SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS": "true",  # the simulator serves files on loopback
         "SEEDANCE_NOTIFY_URL": receiver.url,
         "SEEDANCE_NOTIFY_SECRET": secret,
         "SEEDANCE_PRICE_TABLE": str(prices),

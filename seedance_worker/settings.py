@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     download_allowed_hosts: CommaList = list(DEFAULT_ALLOWED_HOSTS)
     download_max_bytes: int = Field(2 * 1024**3, gt=0)
     download_timeout_s: float = Field(120.0, gt=0)
+    download_allow_private_hosts: bool = False
+    download_attempt_budget_s: float = Field(1800.0, gt=0)
+    download_min_bytes_per_s: int = Field(1024, ge=0)
     notify_url: str | None = None
     notify_secret: SecretStr | None = None
     notify_timeout_s: float = Field(10.0, gt=0)
@@ -155,6 +158,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"SEEDANCE_POLL_COUNTDOWN_CAP_S ({self.poll_countdown_cap_s}) is below "
                 f"SEEDANCE_POLL_MAX_INTERVAL_S ({self.poll_max_interval_s})"
+            )
+        if self.download_attempt_budget_s < self.download_timeout_s:
+            raise ValueError(
+                f"SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S ({self.download_attempt_budget_s:g}) is below "
+                f"SEEDANCE_DOWNLOAD_TIMEOUT_S ({self.download_timeout_s:g}): one stalled read would "
+                "outlast the whole attempt"
             )
         return self
 

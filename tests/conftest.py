@@ -31,6 +31,7 @@ _BASE_ENV = {
     "SEEDANCE_VISIBILITY_TIMEOUT_S": "60",
     "SEEDANCE_POLL_LEASE_GRACE_S": "5",
     "SEEDANCE_DOWNLOAD_ALLOWED_HOSTS": "127.0.0.1,localhost",
+    "SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS": "true",  # the file servers of the tests are on loopback
 }
 
 

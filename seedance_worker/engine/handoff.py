@@ -4,6 +4,11 @@ The chain is the job's list of task names or signatures, each getting the previo
 with ``seedance.complete`` appended: it stores the final (enriched) Outcome in the job record and
 ends the hand-off lease. Until then the job sits in ``state=handoff`` with a lease in the due index,
 so a downstream message lost with a killed worker is re-fired by the sweeper from the stored Outcome.
+
+A chain that never completes however often it is fired (a step that kills its worker, a user task
+that always raises) must still bill and tell: its last fire is a *salvage* chain, only the job's
+``seedance.charge_usage`` and ``seedance.notify`` steps, with ``step_errors["handoff"]`` recorded
+in the Outcome they get (``salvage_outcome``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,29 @@ from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+SALVAGE_STEPS = ("seedance.charge_usage", "seedance.notify")
+
+
+def _spec_name(spec: Any) -> str | None:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, dict):
+        name = spec.get("task")
+        return name if isinstance(name, str) else None
+    return getattr(spec, "task", None)
+
+
+def salvage_outcome(outcome: dict[str, Any], fires: int) -> dict[str, Any]:
+    """The stored Outcome with the hand-off's failure recorded, for the salvage chain."""
+    error = {
+        "type": "HandoffExhausted",
+        "kind": "handoff_exhausted",
+        "message": f"the downstream chain was fired {fires} times without completing; "
+        f"only {' and '.join(SALVAGE_STEPS)} ran",
+    }
+    return {**outcome, "step_errors": {**(outcome.get("step_errors") or {}), "handoff": error}}
+
+
 def _signatures(specs: list[Any]) -> list[Signature]:
     app = current_app
     sigs: list[Signature] = []
@@ -33,11 +61,15 @@ def _signatures(specs: list[Any]) -> list[Signature]:
     return sigs
 
 
-def build_chain(record: JobRecord, outcome: dict[str, Any], settings: Settings) -> Signature:
+def build_chain(
+    record: JobRecord, outcome: dict[str, Any], settings: Settings, *, salvage: bool = False
+) -> Signature:
     succeeded = outcome.get("status") == "succeeded"
     specs = record.on_succeeded if succeeded else record.on_failed
     if specs is None:  # not given at track(): the configured default
         specs = list(settings.on_succeeded if succeeded else settings.on_failed)
+    if salvage:
+        specs = [spec for spec in specs if _spec_name(spec) in SALVAGE_STEPS]
     steps = _signatures(specs)
     steps.append(complete.s(record.task_id))
     first = steps[0]
@@ -48,8 +80,11 @@ def build_chain(record: JobRecord, outcome: dict[str, Any], settings: Settings) 
     return chain(*steps) if len(steps) > 1 else steps[0]
 
 
-def fire_handoff(record: JobRecord, outcome: dict[str, Any], settings: Settings) -> None:
-    """Publish the downstream chain and note it in the record (the lease stays until complete)."""
+def fire_handoff(
+    record: JobRecord, outcome: dict[str, Any], settings: Settings, *, salvage: bool = False
+) -> None:
+    """Publish the downstream chain (or its salvage) and note it in the record (the lease stays
+    until complete)."""
     now = time.time()
     # Noted before publishing: a fast chain can reach seedance.complete (state done) before a note
     # written afterwards, which then found no hand-off to update. If the publish fails, the lease
@@ -58,9 +93,13 @@ def fire_handoff(record: JobRecord, outcome: dict[str, Any], settings: Settings)
         record.task_id,
         expected_state="handoff",
         lease_at=handoff_lease(settings, now),
-        fields={"handoff": "fired", "handoff_at": now, "handoff_fires": record.handoff_fires + 1},
+        fields={
+            "handoff": "salvage" if salvage else "fired",
+            "handoff_at": now,
+            "handoff_fires": record.handoff_fires + 1,
+        },
     )
-    build_chain(record, outcome, settings).apply_async()
+    build_chain(record, outcome, settings, salvage=salvage).apply_async()
 
 
 def extend_lease(task_id: str, settings: Settings | None = None, *, extra_s: float = 0.0) -> None:

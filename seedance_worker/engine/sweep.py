@@ -15,7 +15,7 @@ import time
 
 from celery import shared_task
 
-from seedance_worker.engine.handoff import fire_handoff
+from seedance_worker.engine.handoff import fire_handoff, salvage_outcome
 from seedance_worker.engine.jobs import publish_poll
 from seedance_worker.engine.schedule import waiting_lease
 from seedance_worker.engine.store import JobStore, Overdue, get_store
@@ -57,15 +57,21 @@ def run_sweep(settings: Settings | None = None, *, now: float | None = None, lim
 
 
 def refire_handoff(job: Overdue, store: JobStore, settings: Settings) -> bool:
-    """Fire a lost hand-off chain again from the stored Outcome (or give up after a few fires)."""
+    """Fire a lost hand-off chain again from the stored Outcome; after MAX_HANDOFF_FIRES fires, its
+    salvage (charge and notify alone, the error recorded); after that, give up."""
     record = store.get(job.task_id)
     if record is None or not record.outcome:
         return False
-    if job.handoff_fires >= MAX_HANDOFF_FIRES:
-        log.error("sweep %s: hand-off fired %s times without completing; giving up",
+    if job.handoff_fires > MAX_HANDOFF_FIRES:
+        log.error("sweep %s: the salvage chain did not complete either (%s fires); giving up",
                   job.task_id, job.handoff_fires)  # fmt: skip
         store.complete(job.task_id, ttl_s=settings.job_ttl_s, fields={"handoff": "gave_up"})
         return False
+    if job.handoff_fires == MAX_HANDOFF_FIRES:
+        log.error("sweep %s: hand-off fired %s times without completing; charging and notifying alone",
+                  job.task_id, job.handoff_fires)  # fmt: skip
+        fire_handoff(record, salvage_outcome(record.outcome, job.handoff_fires), settings, salvage=True)
+        return True
     log.warning("sweep %s: hand-off lease ran out; re-firing the downstream chain", job.task_id)
     fire_handoff(record, record.outcome, settings)
     return True

@@ -12,14 +12,18 @@ and returns the same ``VideoFile`` without fetching anything.
 
 Faults and what happens:
 
-* connection dropped mid-body: resumed with ``Range: bytes=N-`` (a ``200`` answer restarts at 0);
+* connection dropped (or a body slower than SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S): resumed with
+  ``Range: bytes=N-`` and ``If-Range`` (a ``200``, or a range of another version, restarts at 0);
+* an attempt longer than SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S: retried (kind ``too_slow``), resuming;
 * 403/404 from storage (the signed URL expired): the task is fetched again for a fresh URL
   (at most ``MAX_URL_REFRESHES`` times);
 * 5xx/429 from storage, or more drops than ``fetch.MAX_RESUMES``: ``self.retry`` (the chain is kept),
   at most ``MAX_RETRIES`` times; a partial file is kept so the retry resumes it;
-* host not allowed, body too large, not a video, bad length, URL expired for good: nothing is
-  raised; the error goes to ``outcome.step_errors["download"]`` and ``video`` stays ``null`` so the
-  rest of the chain (charge, notify) still runs and the notification carries the error.
+* a full disk (ENOSPC, EFBIG): retried like a 5xx (kind ``storage_full``);
+* host not allowed or private, malformed URL, body too large, not a video, bad length, URL expired
+  for good, or any other error (``failures.classify``): nothing is raised; the error goes to
+  ``outcome.step_errors["download"]`` and ``video`` stays ``null`` so the rest of the chain (charge,
+  notify) still runs and the notification carries the error.
 
 Signed URLs are never logged with their query string (host and path only), and the API key is never
 sent to storage hosts: downloads use their own HTTP session.
@@ -44,13 +48,16 @@ from seedance_worker.engine.handoff import extend_lease
 from seedance_worker.errors import DownloadError, RateLimited, RetryableError, SeedanceError
 from seedance_worker.logs import redact as redact
 from seedance_worker.models import Outcome, TaskSnapshot, VideoFile
-from seedance_worker.outage import survive_redis_outage
+from seedance_worker.outage import REDIS_DOWN, survive_redis_outage
 from seedance_worker.ratelimit import RateLimiter
 from seedance_worker.settings import Settings, get_settings
-from seedance_worker.steps.fetch import Expired, Kind, Transient
+from seedance_worker.steps.body import Kind
+from seedance_worker.steps.failures import Failure, classify
+from seedance_worker.steps.fetch import Expired, Transient
 from seedance_worker.steps.fetch import fetch_into as fetch_into
 from seedance_worker.steps.fetch import host_allowed as host_allowed
 from seedance_worker.steps.storage import LocalStorage, PartialFile, Storage, StorageBusy, file_name
+from seedance_worker.steps.urls import download_session, shown
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +163,7 @@ def _fetch_and_commit(
             tmp,
             kind=kind,
             settings=settings,
+            storage=storage,
             on_progress=lambda: extend_lease(task_id, settings),
         )
         uri = storage.commit(name, tmp)
@@ -168,7 +176,7 @@ def _fetch_and_commit(
             uri,
             size,
             sha[:16],
-            redact(url),
+            shown(url),
         )
         return _Stored(uri, sha, size, media_type)
     except Expired:
@@ -222,7 +230,10 @@ def drop_partial(storage: Storage, name: str) -> None:
 
 
 def _last_frame_name(task_id: str, url: str) -> str:
-    ext = urlsplit(url).path.rsplit(".", 1)[-1].lower()
+    try:
+        ext = urlsplit(url).path.rsplit(".", 1)[-1].lower()
+    except ValueError:  # a malformed URL: its fetch is refused, the name only needs to be safe
+        ext = ""
     return file_name(task_id, ".last_frame" + LAST_FRAME_SUFFIXES.get(ext, ".png"))
 
 
@@ -264,6 +275,37 @@ def _save_record(task_id: str, video: VideoFile, settings: Settings) -> None:
     connections.get_redis(settings).set(video_key(task_id), blob, ex=settings.job_ttl_s)
 
 
+def _store_last_frame(
+    task_id: str,
+    frame_url: str,
+    video: VideoFile,
+    notes: dict[str, dict[str, Any]],
+    *,
+    storage: Storage,
+    session: requests.Session,
+    settings: Settings,
+) -> VideoFile:
+    """The video with its last frame, or as it was (and a note) when the frame could not be stored."""
+    name = _last_frame_name(task_id, frame_url)
+    try:
+        frame = _store_one(
+            task_id, name, frame_url, kind="last_frame", storage=storage, session=session, settings=settings
+        )
+    except REDIS_DOWN:
+        raise
+    except Exception as exc:
+        # The video is what was paid for; a missing last frame does not fail the step (nor retry
+        # it: the video's record is kept, so a retry would return at once without the frame).
+        failure = classify(exc)
+        log.warning("download task=%s last frame not stored: %s", task_id, failure.message)
+        drop_partial(storage, name)
+        notes["last_frame"] = failure.step_error()
+        return video
+    video = video.model_copy(update={"last_frame_uri": frame.uri})
+    _save_record(task_id, video, settings)
+    return video
+
+
 def fetch_outputs(
     out: Outcome, settings: Settings, storage: Storage | None = None
 ) -> tuple[VideoFile, dict[str, dict[str, Any]]]:
@@ -281,7 +323,7 @@ def fetch_outputs(
     if not video_url:
         raise DownloadError("the succeeded task has no content.video_url", "no_video_url")
     notes: dict[str, dict[str, Any]] = {}
-    with requests.Session() as session:
+    with download_session(settings) as session:
         stored = _store_one(
             task_id, name, video_url, kind="video", storage=storage, session=session, settings=settings
         )
@@ -291,30 +333,16 @@ def fetch_outputs(
         _save_record(task_id, video, settings)
         frame_url = snap.content.last_frame_url if snap and snap.content else None
         if frame_url:
-            try:
-                frame = _store_one(
-                    task_id,
-                    _last_frame_name(task_id, frame_url),
-                    frame_url,
-                    kind="last_frame",
-                    storage=storage,
-                    session=session,
-                    settings=settings,
-                )
-                video = video.model_copy(update={"last_frame_uri": frame.uri})
-                _save_record(task_id, video, settings)
-            except (DownloadError, Transient) as exc:
-                # The video is what was paid for; a missing last frame does not fail the step.
-                log.warning("download task=%s last frame not stored: %s", task_id, exc.message)
-                drop_partial(storage, _last_frame_name(task_id, frame_url))
-                notes["last_frame"] = {"type": "DownloadError", "kind": exc.kind, "message": exc.message}
+            video = _store_last_frame(
+                task_id, frame_url, video, notes, storage=storage, session=session, settings=settings
+            )
     return video, notes
 
 
-def _record_error(out: Outcome, kind: str, message: str) -> dict[str, Any]:
+def _record_error(out: Outcome, failure: Failure) -> dict[str, Any]:
     out.video = None
-    out.step_errors["download"] = {"type": "DownloadError", "kind": kind, "message": message}
-    log.warning("download task=%s failed kind=%s: %s", out.task_id, kind, message)
+    out.step_errors["download"] = failure.step_error()
+    log.warning("download task=%s failed kind=%s: %s", out.task_id, failure.kind, failure.message)
     return out.wire()
 
 
@@ -322,6 +350,28 @@ def retry_countdown(retries: int, cap_s: float = 300.0) -> float:
     # Capped like every countdown (SEEDANCE_POLL_COUNTDOWN_CAP_S): a retry message waiting longer
     # than the visibility timeout would be restored and run twice.
     return min(float(min(5 * 2**retries, 300)) * random.uniform(0.8, 1.2), cap_s)
+
+
+def _retry_or_record(task: Task, out: Outcome, failure: Failure, settings: Settings) -> dict[str, Any]:
+    """``self.retry`` with backoff while retries are left; then the error is recorded."""
+    retries = int(task.request.retries or 0)
+    if retries < MAX_RETRIES:
+        countdown = retry_countdown(retries, settings.poll_countdown_cap_s)
+        countdown = min(max(countdown, failure.not_before_s + 0.1), settings.poll_countdown_cap_s)
+        log.warning(
+            "download task=%s: %s; retry %d/%d in %.0fs",
+            out.task_id,
+            failure.message,
+            retries + 1,
+            MAX_RETRIES,
+            countdown,
+        )
+        # The chain is waiting, not lost: keep the sweeper from re-firing it meanwhile.
+        extend_lease(out.task_id, settings, extra_s=countdown)
+        raise task.retry(countdown=countdown, max_retries=MAX_RETRIES) from None
+    drop_partial(LocalStorage(settings.download_dir), file_name(out.task_id, VIDEO_SUFFIX))
+    gave_up = Failure(failure.kind, f"{failure.message} (gave up after {retries + 1} attempts)")
+    return _record_error(out, gave_up)
 
 
 @shared_task(
@@ -340,26 +390,13 @@ def download_video(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     settings = get_settings()
     try:
         video, notes = fetch_outputs(out, settings)
-    except DownloadError as exc:
-        return _record_error(out, exc.kind, exc.message)
-    except Transient as exc:
-        retries = int(self.request.retries or 0)
-        if retries < MAX_RETRIES:
-            countdown = retry_countdown(retries, settings.poll_countdown_cap_s)
-            countdown = min(max(countdown, exc.not_before_s + 0.1), settings.poll_countdown_cap_s)
-            log.warning(
-                "download task=%s: %s; retry %d/%d in %.0fs",
-                out.task_id,
-                exc.message,
-                retries + 1,
-                MAX_RETRIES,
-                countdown,
-            )
-            # The chain is waiting, not lost: keep the sweeper from re-firing it meanwhile.
-            extend_lease(out.task_id, settings, extra_s=countdown)
-            raise self.retry(countdown=countdown, max_retries=MAX_RETRIES) from None
-        drop_partial(LocalStorage(settings.download_dir), file_name(out.task_id, VIDEO_SUFFIX))
-        return _record_error(out, exc.kind, f"{exc.message} (gave up after {retries + 1} attempts)")
+    except REDIS_DOWN:
+        raise  # survive_redis_outage waits for Redis and runs the step again
+    except Exception as exc:
+        failure = classify(exc)
+        if failure.transient:
+            return _retry_or_record(self, out, failure, settings)
+        return _record_error(out, failure)
     out.video = video
     out.step_errors.pop("download", None)
     out.step_errors.update(notes)

@@ -2,14 +2,23 @@
 
 ``fetch_into`` streams the body into a ``PartialFile`` (``storage.py``) while its sha256 is computed:
 
-* every hop of a redirect is checked against ``SEEDANCE_DOWNLOAD_ALLOWED_HOSTS`` (``host_allowed``);
-* a connection dropped mid-body is resumed with ``Range: bytes=N-`` (a ``200`` answer restarts at
-  0), at most ``MAX_RESUMES`` times before ``Transient`` asks for a task retry;
+* every hop of a redirect is judged again (``urls.judge``: allow list, public address, a URL every
+  parser reads the same way);
+* a connection dropped mid-body is resumed with ``Range: bytes=N-`` and ``If-Range`` (the ``ETag``
+  or ``Last-Modified`` the first answer gave, kept next to the partial file), at most
+  ``MAX_RESUMES`` times before ``Transient`` asks for a task retry. The ``206`` must start where
+  the file ends and agree with the saved validator and size; a ``200`` (the file changed, or the
+  server ignores ranges), a mismatch, or a partial file without saved facts restarts from byte 0;
+* a body slower than ``SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S`` over a read-timeout window counts as a
+  drop, and one attempt never takes longer than ``SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S`` (then
+  ``Transient(too_slow)``: the task retry resumes it);
+* a gzip/deflate body is decoded as it streams, and the stored bytes must carry the signature of
+  their kind (``body.py``);
 * 403/404/410 raise ``Expired`` (the caller asks the API for a fresh signed URL); 5xx/429 raise
   ``Transient``; a body that is not a video, too large or of the wrong length raises
   ``DownloadError``.
 
-Signed URLs are logged without their query string (``logs.redact``), also in urllib3's own DEBUG
+Signed URLs are logged without their query string (``urls.shown``), also in urllib3's own DEBUG
 lines (``RedactQueryFilter``), and the API key is never sent: downloads use their own session.
 """
 
@@ -17,20 +26,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from fnmatch import fnmatchcase
-from typing import Literal, NoReturn
-from urllib.parse import urljoin, urlsplit
+from typing import NoReturn
+from urllib.parse import urljoin
 
 import requests
 import urllib3
 
 from seedance_worker.errors import DownloadError
-from seedance_worker.logs import redact
 from seedance_worker.settings import Settings
-from seedance_worker.steps.storage import PartialFile
+from seedance_worker.steps.body import SNIFF_BYTES, Decoder, Kind, TooLarge, check_signature, content_encoding
+from seedance_worker.steps.storage import PartialFile, Storage
+from seedance_worker.steps.urls import host_allowed as host_allowed
+from seedance_worker.steps.urls import judge, shown
 from seedance_worker.version import __version__
 
 log = logging.getLogger(__name__)
@@ -42,15 +53,12 @@ CHUNK_BYTES = 64 * 1024
 LEASE_EVERY_S = 60.0
 _REDIRECTS = (301, 302, 303, 307, 308)
 _EXPIRED = (403, 404, 410)
-_HOSTNAME = re.compile(r"^[a-z0-9.\-:]+$")
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _TRANSPORT_ERRORS = (
     requests.exceptions.ConnectionError,
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.Timeout,
 )
-
-Kind = Literal["video", "last_frame"]
 
 
 class RedactQueryFilter(logging.Filter):
@@ -90,27 +98,6 @@ class Expired(Exception):
     """Storage answered 403/404: the signed URL has expired (or was revoked); a fresh one may help."""
 
 
-def host_allowed(url: str, patterns: list[str]) -> bool:
-    """Whether ``url`` is http(s) and its host (not port) matches one of the fnmatch ``patterns``."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or not host or not _HOSTNAME.match(host):
-        return False
-    host = host.rstrip(".")
-    return any(p.strip() == "*" or fnmatchcase(host, p.strip().lower().rstrip(".")) for p in patterns)
-
-
-def _check_host(url: str, settings: Settings) -> None:
-    if not host_allowed(url, settings.download_allowed_hosts):
-        raise DownloadError(
-            f"refusing to download from {redact(url)}: host not in SEEDANCE_DOWNLOAD_ALLOWED_HOSTS",
-            "host_not_allowed",
-        )
-
-
 def _media_type(resp: requests.Response) -> str:
     value = resp.headers.get("Content-Type") or "application/octet-stream"
     return value.split(";", 1)[0].strip().lower() or "application/octet-stream"
@@ -119,11 +106,6 @@ def _media_type(resp: requests.Response) -> str:
 def _acceptable(media_type: str, kind: Kind) -> bool:
     major = "video/" if kind == "video" else "image/"
     return media_type.startswith(major) or media_type == "application/octet-stream"
-
-
-def _looks_like_markup(head: bytes) -> bool:
-    text = head.lstrip()[:64].lower()
-    return text.startswith((b"<!doctype", b"<html", b"<?xml", b"<error", b'{"error'))
 
 
 def _int_header(resp: requests.Response, name: str) -> int | None:
@@ -145,8 +127,20 @@ def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
     return int(m.group(1)), int(m.group(2)), total
 
 
+def _validators(resp: requests.Response) -> dict[str, str]:
+    """The answer's strong ``ETag`` and its ``Last-Modified`` (a weak ETag cannot guard a range)."""
+    found = {}
+    etag = (resp.headers.get("ETag") or "").strip()
+    if etag and not etag.startswith("W/") and len(etag) <= 200:
+        found["etag"] = etag
+    modified = (resp.headers.get("Last-Modified") or "").strip()
+    if modified and len(modified) <= 100:
+        found["last_modified"] = modified
+    return found
+
+
 def _chunks(resp: requests.Response) -> Iterator[bytes]:
-    """The body as it arrives, undecoded (byte-exact for the hash and Content-Length).
+    """The body as it arrives, undecoded (``Decoder`` decodes it; the wire length is checked).
 
     ``read1`` hands over whatever the socket delivered, so a connection cut mid-chunk loses no
     received bytes and the resume starts exactly where the data stopped (``iter_content`` would
@@ -165,12 +159,19 @@ def _chunks(resp: requests.Response) -> Iterator[bytes]:
         yield data
 
 
+def _next_hop(url: str, location: str) -> str:
+    try:
+        return urljoin(url, location)
+    except ValueError:
+        raise DownloadError(f"{shown(url)} redirected to a malformed Location", "invalid_url") from None
+
+
 def _get(
     session: requests.Session, url: str, headers: dict[str, str], settings: Settings
 ) -> requests.Response:
-    """GET without automatic redirects: every hop's host is checked against the allow list."""
+    """GET without automatic redirects: every hop's URL is judged before it is fetched."""
     for _ in range(MAX_REDIRECTS + 1):
-        _check_host(url, settings)
+        judge(url, settings)
         resp = session.get(
             url,
             headers=headers,
@@ -181,10 +182,10 @@ def _get(
         location = resp.headers.get("Location")
         if resp.status_code in _REDIRECTS and location:
             resp.close()
-            url = urljoin(url, location)
+            url = _next_hop(url, location)
             continue
         return resp
-    raise DownloadError(f"more than {MAX_REDIRECTS} redirects from {redact(url)}", "http_error")
+    raise DownloadError(f"more than {MAX_REDIRECTS} redirects from {shown(url)}", "http_error")
 
 
 def _restart(tmp: PartialFile) -> hashlib._Hash:
@@ -195,8 +196,16 @@ def _restart(tmp: PartialFile) -> hashlib._Hash:
 
 
 def _rehash(tmp: PartialFile, max_bytes: int) -> hashlib._Hash:
-    """The hash of what an earlier attempt left in the partial file (or a restart if it is unusable)."""
-    if tmp.offset == 0 or tmp.offset > max_bytes:
+    """The hash of what an earlier attempt left in the partial file, or a restart.
+
+    Only bytes whose source the server can vouch for are kept: a partial file without a saved
+    validator (left by an older version, or planted) starts over at byte 0.
+    """
+    total = tmp.meta.get("total")
+    usable = not isinstance(total, int) or tmp.offset <= total
+    if tmp.offset == 0 or tmp.offset > max_bytes or not tmp.meta.get("validator") or not usable:
+        if tmp.offset:
+            log.info("download %s: partial file not resumable; starting at byte 0", tmp.name)
         return _restart(tmp)
     hasher = hashlib.sha256()
     tmp.fh.seek(0)
@@ -215,6 +224,30 @@ class _Again(Exception):
     """This attempt ended early (a dropped connection, a restart): open the URL again."""
 
 
+class _Slow(Exception):
+    """The body arrives slower than the minimum throughput: dropped like a lost connection."""
+
+
+class _Pace:
+    """Bytes per window (the read timeout): fewer than ``min_bytes_per_s`` for a window is too slow."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.min_bytes_per_s = settings.download_min_bytes_per_s
+        self.window_s = settings.download_timeout_s
+        self.start = time.monotonic()
+        self.bytes = 0
+
+    def add(self, n: int) -> None:
+        self.bytes += n
+        now = time.monotonic()
+        elapsed = now - self.start
+        if elapsed < self.window_s:
+            return
+        if self.bytes < self.min_bytes_per_s * elapsed:
+            raise _Slow(f"{self.bytes} bytes in {elapsed:.0f} s")
+        self.start, self.bytes = now, 0
+
+
 class _Fetch:
     """One file's fetch across its attempts.
 
@@ -230,6 +263,7 @@ class _Fetch:
         tmp: PartialFile,
         kind: Kind,
         settings: Settings,
+        storage: Storage,
         on_progress: Callable[[], None] | None,
     ) -> None:
         self.session = session
@@ -237,12 +271,17 @@ class _Fetch:
         self.tmp = tmp
         self.kind: Kind = kind
         self.settings = settings
+        self.storage = storage
         self.on_progress = on_progress
-        self.where = redact(url)
+        self.where = shown(url)
         self.max_bytes = settings.download_max_bytes
+        self.deadline = time.monotonic() + settings.download_attempt_budget_s
         self.hasher = _rehash(tmp, self.max_bytes)
         self.drops = 0
         self.restarts = 0
+        self.decoder = Decoder("")
+        self.wire_length: int | None = None  # Content-Length of the current answer
+        self.received = 0  # its body bytes as they came over the wire
 
     def run(self) -> tuple[str, int, str]:
         while True:
@@ -262,17 +301,17 @@ class _Fetch:
             resp.close()
 
     def open(self) -> requests.Response:
+        self._check_budget()
         headers = {"Accept-Encoding": "identity", "User-Agent": f"seedance-worker/{__version__}"}
+        if self.tmp.offset and not self.tmp.meta.get("validator"):
+            self.hasher = _restart(self.tmp)  # bytes nothing can vouch for (an encoded body): redo
         if self.tmp.offset:
             headers["Range"] = f"bytes={self.tmp.offset}-"
+            headers["If-Range"] = str(self.tmp.meta["validator"])
         try:
             return _get(self.session, self.url, headers, self.settings)
         except _TRANSPORT_ERRORS as exc:
-            if self._dropped():
-                raise Transient(
-                    f"{self.where}: {type(exc).__name__} ({self.drops} times)", "http_error"
-                ) from None
-            raise _Again from None
+            self._drop(type(exc).__name__, "http_error")
 
     def validate(self, resp: requests.Response) -> str:
         """The answer's media type, once its status says the body is worth reading."""
@@ -289,18 +328,18 @@ class _Fetch:
         if not _acceptable(media_type, self.kind):
             what = "a video" if self.kind == "video" else "an image"
             raise DownloadError(f"{self.where} is not {what} (Content-Type {media_type})", "not_a_video")
+        try:
+            self.decoder = Decoder(content_encoding(resp.headers.get("Content-Encoding")))
+        except DownloadError as exc:
+            raise DownloadError(f"{self.where}: {exc.message}", exc.kind) from None
         return media_type
 
     def resume(self, resp: requests.Response) -> int | None:
-        """The whole file's size when known; a ``200`` to a resume restarts the partial file."""
-        length = _int_header(resp, "Content-Length")
-        if resp.status_code == 206:
-            total = self._ranged_total(resp, length)
-        else:
-            if self.tmp.offset:  # the server ignored Range and sends everything again
-                log.info("download %s: server ignored Range; restarting from byte 0", self.where)
-                self.hasher = _restart(self.tmp)
-            total = length
+        """The whole file's size when known; a ``200`` restarts the partial file."""
+        self.wire_length = _int_header(resp, "Content-Length")
+        self.received = 0
+        ranged = resp.status_code == 206
+        total = self._ranged_total(resp, self.wire_length) if ranged else self._begin(resp)
         if total is not None and total > self.max_bytes:
             raise DownloadError(
                 f"{self.where} is {total} bytes, above SEEDANCE_DOWNLOAD_MAX_BYTES={self.max_bytes}",
@@ -308,13 +347,35 @@ class _Fetch:
             )
         return total
 
+    def _begin(self, resp: requests.Response) -> int | None:
+        """A whole body from byte 0: note what vouches for it, so a drop can resume it."""
+        if self.tmp.offset:  # the server ignored Range, or If-Range said the file changed
+            log.info("download %s: a full answer to a resume; restarting from byte 0", self.where)
+        self.hasher = _restart(self.tmp)
+        if self.decoder.coding:
+            self.storage.save_meta(self.tmp, {})  # an encoded body cannot be resumed by range
+            return None
+        found = _validators(resp)
+        validator = found.get("etag") or found.get("last_modified")
+        meta = {**found, "validator": validator, "total": self.wire_length} if validator else {}
+        self.storage.save_meta(self.tmp, meta)
+        return self.wire_length
+
     def _ranged_total(self, resp: requests.Response, length: int | None) -> int | None:
         rng = _content_range(resp.headers.get("Content-Range"))
+        if self.decoder.coding:
+            self._start_over(f"the server encoded the range ({self.decoder.coding})")
         if rng is None or rng[0] != self.tmp.offset:
             self._start_over("the server answered a different range than asked")
+        saved = self.tmp.meta
+        for name, value in _validators(resp).items():
+            if saved.get(name) and saved[name] != value:
+                self._start_over(f"the file changed on the server ({name})")
         total = rng[2]
         if total is None and length is not None:
             total = self.tmp.offset + length
+        if saved.get("total") is not None and total is not None and total != saved["total"]:
+            self._start_over(f"the file's size changed on the server ({saved['total']} -> {total})")
         if total is not None and length is not None and length != total - self.tmp.offset:
             raise DownloadError(
                 f"{self.where}: Content-Length {length} does not match Content-Range "
@@ -326,65 +387,78 @@ class _Fetch:
     def stream(self, resp: requests.Response, total: int | None) -> None:
         """Append the body to ``tmp``, extending the lease now and then; a drop resumes."""
         last_progress = time.monotonic()
+        pace = _Pace(self.settings)
         try:
             for chunk in _chunks(resp):
-                if not chunk:
-                    continue
-                self._write(chunk)
+                self.received += len(chunk)
+                for piece in self.decoder.feed(chunk, self.max_bytes - self.tmp.offset):
+                    self._write(piece)
+                self._check_budget()
+                pace.add(len(chunk))
                 if self.on_progress and time.monotonic() - last_progress > LEASE_EVERY_S:
                     last_progress = time.monotonic()
                     self.on_progress()
-        except _TRANSPORT_ERRORS as exc:
-            self.tmp.fh.flush()
-            if self._dropped():
-                kind_ = "length_mismatch" if total is not None else "http_error"
-                raise Transient(
-                    f"{self.where}: connection dropped {self.drops} times ({type(exc).__name__}); "
-                    f"{self.tmp.offset} of {total if total is not None else '?'} bytes",
-                    kind_,
-                ) from None
-            log.info(
-                "download %s: connection dropped at byte %d (%s); resuming",
-                self.where,
-                self.tmp.offset,
-                type(exc).__name__,
-            )
-            raise _Again from None
-
-    def _write(self, chunk: bytes) -> None:
-        tmp = self.tmp
-        if tmp.offset == 0 and self.kind == "video" and _looks_like_markup(chunk[:512]):
-            raise DownloadError(f"{self.where} sent markup, not a video", "not_a_video")
-        if tmp.offset + len(chunk) > self.max_bytes:
+        except TooLarge:
             raise DownloadError(
                 f"{self.where} is above SEEDANCE_DOWNLOAD_MAX_BYTES={self.max_bytes}", "too_large"
-            )
-        tmp.fh.write(chunk)
-        self.hasher.update(chunk)
-        tmp.offset += len(chunk)
+            ) from None
+        except _TRANSPORT_ERRORS as exc:
+            self.tmp.fh.flush()
+            kind = "length_mismatch" if total is not None else "http_error"
+            self._drop(f"connection dropped ({type(exc).__name__})", kind, total)
+        except _Slow as exc:
+            self.tmp.fh.flush()
+            minimum = self.settings.download_min_bytes_per_s
+            self._drop(f"slower than SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S={minimum} ({exc})", "too_slow", total)
+
+    def _write(self, piece: bytes) -> None:
+        tmp = self.tmp
+        before = tmp.offset
+        tmp.fh.write(piece)
+        self.hasher.update(piece)
+        tmp.offset += len(piece)
+        if before < SNIFF_BYTES <= tmp.offset:
+            self._sniff()  # refuse an error page before the rest of it is fetched
+
+    def _sniff(self) -> None:
+        self.tmp.fh.flush()
+        check_signature(os.pread(self.tmp.fh.fileno(), SNIFF_BYTES, 0), self.kind, self.where)
 
     def finish(self, total: int | None, media_type: str) -> tuple[str, int, str]:
         """(sha256, bytes, content type) once the body is all there; a short body resumes."""
         offset = self.tmp.offset
+        wire_short = self.wire_length is not None and self.received < self.wire_length
+        if wire_short or (total is not None and offset < total) or not self.decoder.complete:
+            if self.decoder.coding and not wire_short and self.wire_length is not None:
+                raise DownloadError(f"{self.where}: the {self.decoder.coding} body ends early", "http_error")
+            self._drop("body ended early", "length_mismatch", total)
         if total is not None and offset != total:
-            if offset < total:
-                if self._dropped():
-                    raise Transient(
-                        f"{self.where}: body ended at {offset} of {total} bytes ({self.drops} times)",
-                        "length_mismatch",
-                    )
-                raise _Again
             raise DownloadError(
                 f"{self.where}: received {offset} bytes, Content-Length said {total}", "length_mismatch"
             )
         if offset == 0:
             raise DownloadError(f"{self.where} sent an empty body", "length_mismatch")
+        self._sniff()
         return self.hasher.hexdigest(), offset, media_type
 
-    def _dropped(self) -> bool:
-        """Count one lost connection (or short body); True once there were more than MAX_RESUMES."""
+    def _check_budget(self) -> None:
+        if time.monotonic() > self.deadline:
+            self.tmp.fh.flush()
+            budget = self.settings.download_attempt_budget_s
+            raise Transient(
+                f"{self.where}: not done within SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S={budget:g} "
+                f"({self.tmp.offset} bytes so far); a retry resumes it",
+                "too_slow",
+            )
+
+    def _drop(self, why: str, kind: str, total: int | None = None) -> NoReturn:
+        """Count one lost connection (or short or slow body): resume, or after MAX_RESUMES retry."""
         self.drops += 1
-        return self.drops > MAX_RESUMES
+        of = f"{self.tmp.offset} of {total if total is not None else '?'} bytes"
+        if self.drops > MAX_RESUMES:
+            raise Transient(f"{self.where}: {why}, {self.drops} times; {of}", kind)
+        log.info("download %s: %s at %s; resuming", self.where, why, of)
+        raise _Again
 
     def _start_over(self, why: str) -> NoReturn:
         self.restarts += 1
@@ -392,6 +466,7 @@ class _Fetch:
             raise DownloadError(f"{self.where}: {why} (gave up after {self.restarts} restarts)", "http_error")
         log.info("download %s: %s; starting over from byte 0", self.where, why)
         self.hasher = _restart(self.tmp)
+        self.storage.save_meta(self.tmp, {})
         raise _Again
 
 
@@ -402,7 +477,8 @@ def fetch_into(
     *,
     kind: Kind,
     settings: Settings,
+    storage: Storage,
     on_progress: Callable[[], None] | None = None,
 ) -> tuple[str, int, str]:
     """Stream ``url`` into ``tmp`` (resuming what it holds); returns (sha256, bytes, content type)."""
-    return _Fetch(session, url, tmp, kind, settings, on_progress).run()
+    return _Fetch(session, url, tmp, kind, settings, storage, on_progress).run()

@@ -450,6 +450,54 @@ def test_download_refusals_are_recorded_in_the_outcome(
     assert_no_secret(result)
 
 
+# --- 9b. a hostile video URL or body (issue 14) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("video_url", "setup", "kind", "message"),
+    [
+        ("http://127.0.0.1:99999/files/x.mp4?X-Tos-Signature=abc", {}, "invalid_url",
+         "refusing to download from http://127.0.0.1:99999/files/x.mp4: the URL does not parse (InvalidURL)"),
+        ("http://127.0.0.1:{port}\\@x.volces.com/files/x.mp4?X-Tos-Signature=abc",
+         {"SEEDANCE_DOWNLOAD_ALLOWED_HOSTS": "*.volces.com"}, "invalid_url",
+         "refusing to download from http://127.0.0.1:{port}/%5C@x.volces.com/files/x.mp4: the URL's "
+         "authority contains '\\\\', which parsers read differently"),
+        (None, {"SEEDANCE_DOWNLOAD_ALLOWED_HOSTS": "*", "SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS": "false"},
+         "host_not_allowed",
+         "refusing to download from http://127.0.0.1:{port}/files/{tid}.mp4: 127.0.0.1 is a loopback "
+         "address (set SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS=true to allow it)"),
+        (None, {"video_body": b'{"error":{"code":"NoSuchKey"}}'}, "not_a_video",
+         "http://127.0.0.1:{port}/files/{tid}.mp4 is not an MP4 video (no ISO-BMFF ftyp box at byte 4); "
+         "it starts with b'{{\"error\":{{\"c'"),
+    ],
+    ids=["port_out_of_range", "parser_differential", "private_address", "error_page_as_video"],
+)  # fmt: skip
+def test_hostile_download_urls_and_bodies_are_recorded_in_the_outcome(
+    sim: Simulator,
+    download_dir: Path,
+    env: pytest.MonkeyPatch,
+    video_url: str | None,
+    setup: dict[str, Any],
+    kind: str,
+    message: str,
+) -> None:
+    extra = {"content": {"video_url": video_url.format(port=sim.port)}} if video_url else None
+    tid = sim.add_task([("succeeded", None)], response_extra=extra, video_content_type="video/mp4",
+                       video_body=setup.get("video_body"))  # fmt: skip
+    outcome = _outcome_from(sim, tid)
+    for k, v in setup.items():
+        if k.startswith("SEEDANCE_"):
+            env.setenv(k, v)
+    reset_caches()
+    result = download_video(outcome)
+    err = result["step_errors"]["download"]
+    assert err == {"type": "DownloadError", "kind": kind, "message": message.format(port=sim.port, tid=tid)}
+    assert result["status"] == "succeeded" and result["video"] is None
+    assert not download_dir.exists() or sorted(p.name for p in download_dir.iterdir()) == []
+    assert "abc" not in err["message"]
+    assert_no_secret(result)
+
+
 # --- 10. metadata that is not a JSON object or too large --------------------------------------------
 
 

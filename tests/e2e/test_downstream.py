@@ -36,10 +36,10 @@ from seedance_worker.engine.store import JobRecord, get_store
 from seedance_worker.steps.charge import charge_usage, entry_id, list_ledger
 from seedance_worker.testing.simulator import SimConfig, Simulator
 from seedance_worker.testing.webhooks import WebhookReceiver
-from tests.support.e2e_downstream_tasks import ENRICH_KEY
+from tests.support.e2e_downstream_tasks import ENRICH_KEY, EXPLODE_KEY
 from tests.support.env import clean_redis, reset_caches
 from tests.support.waiting import wait_for
-from tests.support.workers import WorkerProcess, Workers
+from tests.support.workers import WorkerProcess, Workers, worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -173,6 +173,8 @@ def _fleet(
     concurrency: int,
     rate: float | None = None,
     receiver: bool = False,
+    workers: type[Workers] = Workers,
+    n: int = 2,
 ) -> Iterator[Fleet]:
     sim = Simulator(config=SimConfig(queued_s=0.2, running_s=0.3)).start()
     proxy = ThrottleProxy(sim.url, rate).start() if rate else None
@@ -193,8 +195,8 @@ def _fleet(
             reset_caches()
             clean_redis(redis_url)
             try:
-                with Workers(
-                    tmp, n=2, concurrency=concurrency, extra_args=["--include", "tests.support.e2e_downstream_tasks"]
+                with workers(
+                    tmp, n=n, concurrency=concurrency, extra_args=["--include", "tests.support.e2e_downstream_tasks"]
                 ) as ws:
                     try:
                         yield Fleet(sim, ws, download_dir, rec, proxy)
@@ -319,6 +321,92 @@ def test_sigkill_mid_download_leaves_no_partial_file_and_ends_downloaded_once(
         ]
         print(f"\nkill: {at_kill} of {size} bytes on disk at SIGKILL of {victim.name}; "
               f"done {recovered_after:.1f}s after the kill")  # fmt: skip
+
+
+# --- 1b. a full disk, for real (issue 14, item 2; own fleets, so before the shared one) ------------------------------------------------------------
+
+FSIZE_LIMIT = 1024 * 1024
+_LIMITED = (
+    "import resource, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    f"resource.setrlimit(resource.RLIMIT_FSIZE, ({FSIZE_LIMIT}, {FSIZE_LIMIT}))\n"
+    "sys.argv = ['celery', *sys.argv[1:]]\n"
+    "from celery.__main__ import main\n"
+    "main()\n"
+)
+
+
+class _FsizeLimitedWorkers(Workers):
+    """Workers whose processes may not write a file past FSIZE_LIMIT bytes: writes fail with EFBIG
+    (SIGXFSZ ignored), as they would on a file system that is full at that size."""
+
+    def spawn(self, name: str | None = None) -> WorkerProcess:
+        w = WorkerProcess(name or f"w{len(self.procs) + 1}", env=worker_env(), logdir=self.logdir, **self.kw)  # type: ignore[arg-type]
+        assert w.cmd[1:3] == ["-m", "celery"]
+        w.cmd[1:3] = ["-c", _LIMITED]
+        self.procs.append(w.start())
+        return w
+
+
+def test_a_full_disk_in_a_real_worker_retries_then_still_charges_and_notifies(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A worker that cannot write past 1 MB (RLIMIT_FSIZE: EFBIG) downloads a 2 MB video: the step
+    retries with backoff (storage_full is transient), then records storage_full and drops the partial
+    file; the job is still charged once and notified with the error."""
+    env = {"SEEDANCE_ON_SUCCEEDED": "seedance.download_video,seedance.charge_usage,seedance.notify"}
+    with _fleet(tmp_path, redis_url, env=env, concurrency=1, receiver=True, workers=_FsizeLimitedWorkers, n=1) as f:
+        assert f.receiver is not None
+        tid = f.sim.add_task(SCRIPT, video_bytes=2 * FSIZE_LIMIT)
+        seedance_worker.track(tid)
+        rec = _wait_done(tid, 120, f.ws)
+        assert rec.outcome is not None and rec.outcome["video"] is None
+        err = rec.outcome["step_errors"]["download"]
+        assert err["kind"] == "storage_full" and "EFBIG" in err["message"], err
+        assert "gave up after 6 attempts" in err["message"]
+        assert _files(f.download_dir) == []  # the partial file is dropped when the step gives up
+        entries = [e for e in list_ledger()[0] if e["task_id"] == tid]
+        assert len(entries) == 1 and rec.outcome["charge"]["entry_id"] == entries[0]["entry_id"]
+        got = f.receiver.for_task(tid)
+        assert len(got) == 1 and got[0].verified
+        assert got[0].body["step_errors"]["download"]["kind"] == "storage_full"
+        files = f.sim.requests(kind="file", task_id=tid)
+        assert len(files) == 6 and all(x.status in (200, 206) for x in files)
+
+
+# --- 1c. a hand-off that never completes (item 2) --------------------------------------------------
+
+
+def test_a_handoff_that_exhausts_its_refires_still_charges_and_notifies(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A user step that always raises keeps the chain from completing: the sweeper re-fires it until
+    MAX_HANDOFF_FIRES, then fires charge and notify alone with step_errors.handoff recorded; the job
+    ends done, charged once and notified once."""
+    from seedance_worker.engine.sweep import MAX_HANDOFF_FIRES
+
+    env = {
+        "SEEDANCE_ON_SUCCEEDED": "seedance.download_video,tests.explode,seedance.charge_usage,seedance.notify",
+        "SEEDANCE_HANDOFF_LEASE_S": "5",
+        "SEEDANCE_DOWNLOAD_TIMEOUT_S": "2",
+        "SEEDANCE_SWEEP_INTERVAL_S": "1",
+    }
+    with _fleet(tmp_path, redis_url, env=env, concurrency=2, receiver=True) as f:
+        assert f.receiver is not None
+        tid = f.sim.add_task(SCRIPT)
+        seedance_worker.track(tid)
+        rec = _wait_done(tid, 120, f.ws)
+        assert rec.handoff == "done" and rec.handoff_fires == MAX_HANDOFF_FIRES + 1
+        r = redis.Redis.from_url(redis_url, decode_responses=True)
+        assert r.lrange(EXPLODE_KEY, 0, -1).count(tid) == MAX_HANDOFF_FIRES
+        assert rec.outcome is not None
+        err = rec.outcome["step_errors"]["handoff"]
+        assert err["kind"] == "handoff_exhausted" and str(MAX_HANDOFF_FIRES) in err["message"]
+        entries = [e for e in list_ledger()[0] if e["task_id"] == tid]
+        assert len(entries) == 1 and rec.outcome["charge"]["entry_id"] == entries[0]["entry_id"]
+        got = f.receiver.for_task(tid)
+        assert len(got) == 1 and got[0].verified
+        assert got[0].body["step_errors"]["handoff"]["kind"] == "handoff_exhausted"
 
 
 # --- 2. charge twice at once ----------------------------------------------------------------------
@@ -472,3 +560,34 @@ def test_user_task_in_on_succeeded_gets_the_downloaded_outcome_and_feeds_the_nex
     assert body["video"]["sha256"] == sha and body["metadata"] == {"user": "u-6"}
     assert body["charge"]["entry_id"] == entry_id(tid)  # charge ran after enrich, and kept its field
     assert rec.outcome is not None and rec.outcome["enriched"] == enriched
+
+
+# --- 7. malformed video URLs (issue 14, item 2) ---------------------------------------------------
+
+
+def test_malformed_video_urls_still_charge_and_notify(shared: Fleet) -> None:
+    """A port out of range, a tab in the host and a parser-differential authority in video_url are
+    recorded as invalid_url; the chain still reaches charge and notify (before, the task failed and
+    the paid job was never charged or notified)."""
+    f = shared
+    assert f.receiver is not None
+    port = f.sim.port
+    urls = [
+        "http://127.0.0.1:99999/files/x.mp4?X-Tos-Signature=abc",
+        f"http://127.0.0\t.1:{port}/files/x.mp4?X-Tos-Signature=abc",
+        f"http://127.0.0.1:{port}\\@x.volces.com/files/x.mp4?X-Tos-Signature=abc",
+    ]
+    tids = [f.sim.add_task(SCRIPT, response_extra={"content": {"video_url": u}}) for u in urls]
+    for tid in tids:
+        seedance_worker.track(tid)
+    records = {tid: _wait_done(tid, 30, f.ws) for tid in tids}
+    ledger = {e["task_id"] for e in list_ledger()[0]}
+    for tid in tids:
+        out = records[tid].outcome
+        assert out is not None and out["video"] is None
+        err = out["step_errors"]["download"]
+        assert err["kind"] == "invalid_url" and "abc" not in err["message"], (tid, err)
+        assert tid in ledger and out["charge"]["entry_id"] == entry_id(tid)
+        got = f.receiver.for_task(tid)
+        assert len(got) == 1 and got[0].verified and got[0].body["step_errors"]["download"]["kind"] == "invalid_url"
+        assert f.sim.requests(kind="file", task_id=tid) == []

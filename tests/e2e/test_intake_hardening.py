@@ -23,8 +23,8 @@ from seedance_worker import intake
 from seedance_worker.engine.store import JobRecord, get_store
 from seedance_worker.settings import get_settings
 from seedance_worker.testing.simulator import SimConfig, Simulator
-from tests.conftest import _reset_caches, clean_redis
 from tests.e2e.test_intake import post
+from tests.support.env import clean_redis, reset_caches
 from tests.support.workers import Workers
 
 TOKEN = "intake-hardening-token-5e4d3c2b1a09"
@@ -38,7 +38,7 @@ def serving(env: pytest.MonkeyPatch, redis_url: str, **settings: object) -> Iter
     env.setenv("SEEDANCE_INTAKE_TOKEN", TOKEN)
     for name, value in settings.items():
         env.setenv(f"SEEDANCE_{name.upper()}", str(value))
-    _reset_caches()
+    reset_caches()
     clean_redis(redis_url)
     server = intake.make_intake_server("127.0.0.1", 0, get_settings())
     port = int(server.server_address[1])
@@ -307,7 +307,7 @@ def slow_sim(env: pytest.MonkeyPatch) -> Iterator[Simulator]:
     """A simulator whose tasks stay queued for the whole test (its own callbacks stay quiet)."""
     s = Simulator(config=SimConfig(queued_s=120, running_s=120)).start()
     env.setenv("SEEDANCE_API_BASE_URL", s.base_url)
-    _reset_caches()
+    reset_caches()
     try:
         yield s
     finally:
@@ -316,7 +316,7 @@ def slow_sim(env: pytest.MonkeyPatch) -> Iterator[Simulator]:
 
 def _submitted_urls(env: pytest.MonkeyPatch, sim: Simulator, base: str, n: int) -> list[tuple[str, str]]:
     env.setenv("SEEDANCE_INTAKE_URL", base)
-    _reset_caches()
+    reset_caches()
     ids = [seedance_worker.submit("seedance-1-5-pro-251215", [{"type": "text", "text": f"a fox {i}"}],
                                   idempotency_key=f"fox-{i}")[0] for i in range(n)]  # fmt: skip
     urls = [r.body["callback_url"] for r in sim.requests(kind="create")]

@@ -110,6 +110,7 @@ class FaultConfig:
             "SEEDANCE_NOTIFY_TIMEOUT_S": "5",
             "SEEDANCE_DOWNLOAD_TIMEOUT_S": "10",
             "SEEDANCE_DOWNLOAD_ALLOWED_HOSTS": "127.0.0.1",
+            "SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS": "true",  # the simulator serves files on loopback
         }
     )
 

@@ -21,3 +21,14 @@ def enrich(outcome: dict[str, Any]) -> dict[str, Any]:
     r = redis.Redis.from_url(os.environ["SEEDANCE_REDIS_URL"], decode_responses=True)
     r.rpush(ENRICH_KEY, json.dumps(seen))
     return {**outcome, "enriched": {"by": "tests.enrich", **seen}}
+
+
+EXPLODE_KEY = "test:explode"
+
+
+@shared_task(name="tests.explode")
+def explode(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A user step that always raises: the chain never reaches seedance.complete by itself."""
+    r = redis.Redis.from_url(os.environ["SEEDANCE_REDIS_URL"], decode_responses=True)
+    r.rpush(EXPLODE_KEY, outcome["task_id"])
+    raise RuntimeError("tests.explode always fails")

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -24,137 +19,10 @@ from seedance_worker.errors import DownloadError
 from seedance_worker.models import Outcome, TaskSnapshot, VideoFile
 from seedance_worker.settings import get_settings, reset_settings_cache
 from seedance_worker.steps import download as download_mod
+from seedance_worker.steps import fetch as fetch_mod
 from seedance_worker.steps.download import download_video, host_allowed, redact, video_key
 from seedance_worker.steps.storage import LocalStorage, StorageBusy, file_name
-
-VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 1200  # ~300 KB, several chunks
-PNG = b"\x89PNG\r\n\x1a\n" + b"frame" * 100
-
-
-@dataclass
-class Route:
-    body: bytes = VIDEO
-    content_type: str = "video/mp4"
-    statuses: list[int] = field(default_factory=list)  # served (empty body) before the real answer
-    drop_after: int | None = None  # close the connection after this many body bytes ...
-    drops: int = 0  # ... this many times
-    ranges: bool = True
-    send_length: bool = True
-    claim_length: int | None = None  # a Content-Length that lies
-    redirect: str | None = None
-    chunked: bool = False
-
-
-class FileServer:
-    """Serves ``routes`` by path (query ignored) and records every request."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, Route] = {}
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = urlsplit(self.path).path
-                with outer.lock:
-                    outer.requests.append((self.path, dict(self.headers.items())))
-                    route = outer.routes.get(path)
-                    status = route.statuses.pop(0) if route and route.statuses else None
-                    drop = None
-                    if route and route.drop_after is not None and route.drops > 0:
-                        route.drops -= 1
-                        drop = route.drop_after
-                if route is None or status is not None:
-                    code = status or 404
-                    self.send_response(code)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if route.redirect:
-                    self.send_response(302)
-                    self.send_header("Location", route.redirect)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = route.body
-                total = len(body)
-                code = 200
-                extra: list[tuple[str, str]] = []
-                rng = self.headers.get("Range")
-                if rng and route.ranges:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    if start >= total:
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{total}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    body = body[start:]
-                    code = 206
-                    extra.append(("Content-Range", f"bytes {start}-{total - 1}/{total}"))
-                self.send_response(code)
-                self.send_header("Content-Type", route.content_type)
-                self.send_header("Accept-Ranges", "bytes")
-                for k, v in extra:
-                    self.send_header(k, v)
-                if route.chunked:
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.end_headers()
-                    for i in range(0, len(body), 50_000):
-                        part = body[i : i + 50_000]
-                        self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
-                    self.wfile.write(b"0\r\n\r\n")
-                    return
-                if route.claim_length is not None:
-                    self.send_header("Content-Length", str(route.claim_length))
-                elif route.send_length:
-                    self.send_header("Content-Length", str(len(body)))
-                else:
-                    self.send_header("Connection", "close")
-                    self.close_connection = True
-                self.end_headers()
-                if drop is not None:
-                    body = body[:drop]
-                    self.close_connection = True
-                self.wfile.write(body)
-                self.wfile.flush()
-                if drop is not None or route.claim_length is not None:
-                    self.close_connection = True
-                    with contextlib.suppress(OSError):
-                        self.connection.shutdown(socket.SHUT_RDWR)
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 128
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.daemon = True
-        self.thread.start()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def add(self, path: str, route: Route | None = None) -> str:
-        self.routes[path] = route or Route()
-        return f"{self.base}{path}?X-Tos-Signature=sig-SECRET-{uuid.uuid4().hex}&X-Tos-Expires=86400"
-
-    def hits(self, path: str) -> list[dict[str, str]]:
-        with self.lock:
-            return [h for p, h in self.requests if urlsplit(p).path == path]
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from tests.support.file_server import PNG, VIDEO, FileServer, Route
 
 
 @pytest.fixture
@@ -493,17 +361,24 @@ def test_storage_partial_is_locked_and_committed_atomically(tmp_path: Path) -> N
 
 
 def test_partial_from_an_earlier_attempt_is_resumed(files: FileServer, download_dir: Path) -> None:
-    """A retry finds the partial file of the attempt before it and asks only for the rest."""
+    """A retry finds the partial file an earlier attempt left (with the server's ETag beside it) and
+    asks only for the rest, guarded by If-Range."""
+    from celery.exceptions import Retry
+
     tid = new_id()
     path = f"/files/{tid}.mp4"
-    url = files.add(path)
-    storage = LocalStorage(download_dir)
-    tmp = storage.open_partial(f"{tid}.mp4")
-    tmp.fh.write(VIDEO[:70_000])
-    storage.release(tmp)
+    url = files.add(path, Route(drop_after=70_000, drops=fetch_mod.MAX_RESUMES + 1))
+    with pytest.raises(Retry):  # four drops in one attempt: the task retries, the partial file stays
+        download_video(make_outcome(tid, url))
+    kept = (download_dir / f".{tid}.mp4.part").stat().st_size
+    assert kept == 70_000 * (fetch_mod.MAX_RESUMES + 1)
     result = download_video(make_outcome(tid, url))
-    assert files.hits(path)[0]["Range"] == "bytes=70000-"
+    last = files.hits(path)[-1]
+    assert last["Range"] == f"bytes={kept}-"
+    assert "If-Range" not in files.hits(path)[0]
+    assert last["If-Range"] == '"' + hashlib.md5(VIDEO).hexdigest() + '"'
     assert result["video"]["sha256"] == hashlib.sha256(VIDEO).hexdigest()
+    assert listing(download_dir) == [f"{tid}.mp4"]  # neither the partial file nor its facts remain
 
 
 def test_host_patterns() -> None:
@@ -513,5 +388,462 @@ def test_host_patterns() -> None:
     assert not host_allowed("https://evil.io/x.volces.com", ["*.volces.com"])
     assert not host_allowed("ftp://a.volces.com/x", ["*"])
     assert not host_allowed("file:///etc/passwd", ["*"])
-    assert host_allowed("http://10.0.0.1:9000/x", ["*"])
+    assert host_allowed("http://10.0.0.1:9000/x", ["*"])  # the pattern only: the address is judged apart
+    # urllib3 (which connects) ends the authority at the backslash: the host is 127.0.0.1
+    assert not host_allowed("http://127.0.0.1:8000\\@x.volces.com/v.mp4", ["*.volces.com"])
+    assert not host_allowed("http://u:p@x.volces.com/v.mp4", ["*.volces.com"])
     assert redact("https://h.volces.com/a/b.mp4?X-Tos-Signature=abc") == "https://h.volces.com/a/b.mp4"
+
+
+# --- URLs judged by the parser that connects (issue 14, item 1) ----------------------------------
+
+
+def test_parser_differential_url_is_refused_before_any_request(
+    files: FileServer, download_dir: Path, env: pytest.MonkeyPatch
+) -> None:
+    """`http://127.0.0.1:PORT\\@x.volces.com/...` is host x.volces.com to urllib.parse but is fetched
+    from 127.0.0.1 by requests: refused as invalid_url, and nothing reaches the loopback server."""
+    set_env(env, download_allowed_hosts="*.volces.com")
+    tid = new_id()
+    files.add(f"/files/{tid}.mp4")
+    url = f"http://127.0.0.1:{files.port}\\@x.volces.com/files/{tid}.mp4?X-Tos-Signature=SECRET"
+    result = download_video(make_outcome(tid, url))
+    assert result["video"] is None
+    err = result["step_errors"]["download"]
+    assert err["kind"] == "invalid_url", err
+    assert "parsers read differently" in err["message"] and "SECRET" not in err["message"]
+    assert files.requests == []
+    assert listing(download_dir) == []
+
+
+def test_redirect_to_a_parser_differential_url_is_refused(
+    files: FileServer, download_dir: Path, env: pytest.MonkeyPatch
+) -> None:
+    """An allowed host (localhost) redirecting to `http://127.0.0.1:PORT\\@x.volces.com/...`: the hop
+    is judged again and refused; the redirect target (on 127.0.0.1, not allowed) is never fetched."""
+    set_env(env, download_allowed_hosts="localhost,*.volces.com")
+    tid = new_id()
+    files.add(f"/inner/{tid}.mp4")
+    target = f"http://127.0.0.1:{files.port}\\@x.volces.com/inner/{tid}.mp4"
+    files.add(f"/files/{tid}.mp4", Route(redirect=target))
+    url = f"http://localhost:{files.port}/files/{tid}.mp4?X-Tos-Signature=SECRET"
+    result = download_video(make_outcome(tid, url))
+    assert result["step_errors"]["download"]["kind"] == "invalid_url"
+    assert len(files.hits(f"/files/{tid}.mp4")) == 1
+    assert files.hits(f"/inner/{tid}.mp4") == [] and files.hits(f"/%5C@x.volces.com/inner/{tid}.mp4") == []
+    assert listing(download_dir) == []
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "localhost", "2130706433", "0x7f000001", "127.1"], ids=lambda h: h
+)
+def test_private_addresses_are_refused_unless_opted_in(
+    files: FileServer, download_dir: Path, env: pytest.MonkeyPatch, host: str
+) -> None:
+    """Without SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS, a host that resolves to a loopback address is
+    refused (host_not_allowed) however it is spelt, even with the allow list at `*`."""
+    env.delenv("SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS", raising=False)
+    set_env(env, download_allowed_hosts="*")
+    tid = new_id()
+    files.add(f"/files/{tid}.mp4")
+    result = download_video(make_outcome(tid, f"http://{host}:{files.port}/files/{tid}.mp4?sig=SECRET"))
+    err = result["step_errors"]["download"]
+    assert err["kind"] == "host_not_allowed", err
+    expected = "is a loopback address" if host == "127.0.0.1" else "resolves to 127.0.0.1, a loopback address"
+    assert f"{host} {expected}" in err["message"]
+    assert "SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS=true" in err["message"]
+    assert files.requests == []
+
+
+def test_a_name_that_rebinds_to_loopback_is_refused_at_connect(
+    files: FileServer, download_dir: Path, env: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the check before the request sees a public address, the connection reaches
+    127.0.0.1; the connection itself is refused before a request is sent on it."""
+    from seedance_worker.steps import urls
+
+    env.delenv("SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS", raising=False)
+    set_env(env, download_allowed_hosts="localhost")
+    env.setattr(urls, "_resolve", lambda host, port: ["93.184.216.34"])
+    tid = new_id()
+    files.add(f"/files/{tid}.mp4")
+    result = download_video(make_outcome(tid, f"http://localhost:{files.port}/files/{tid}.mp4"))
+    err = result["step_errors"]["download"]
+    assert err["kind"] == "host_not_allowed" and "loopback" in err["message"], err
+    assert files.requests == []
+
+
+# --- every failure reaches the chain's end (item 2) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:99999/files/x.mp4?sig=SECRET",
+        "http://127.0.0\t.1:{port}/files/x.mp4?sig=SECRET",
+        "http://127.0.0.1:{port}/files/x\t.mp4?sig=SECRET",
+        "http://127.0.0.1:{port}/files/x .mp4",
+        "http://127.0.0.1:{port}/files/x.mp4\n",
+        "http://[::1/files/x.mp4",
+        "127.0.0.1/files/x.mp4",
+    ],
+    ids=["port-out-of-range", "tab-in-host", "tab-in-path", "space", "newline", "bad-ipv6", "no-scheme"],
+)
+def test_malformed_urls_are_recorded_as_invalid_url(
+    files: FileServer, download_dir: Path, url: str
+) -> None:
+    """A URL requests cannot parse (or that parsers read differently) is a typed step error, not a
+    failed task: the chain goes on to charge and notify."""
+    tid = new_id()
+    files.add("/files/x.mp4")
+    result = download_video(make_outcome(tid, url.format(port=files.port)))
+    err = result["step_errors"]["download"]
+    assert err["kind"] == "invalid_url", err
+    assert err["type"] == "DownloadError" and "SECRET" not in err["message"]
+    assert result["video"] is None and result["status"] == "succeeded"
+    assert files.requests == []
+
+
+class _FullDisk:
+    """A partial file's handle whose writes fail with ``code`` while ``failures`` is above zero."""
+
+    def __init__(self, fh: Any, state: dict[str, int], code: int) -> None:
+        self._fh = fh
+        self._state = state
+        self._code = code
+
+    def write(self, data: bytes) -> int:
+        if self._state["failures"] > 0:
+            self._state["failures"] -= 1
+            raise OSError(self._code, os.strerror(self._code))
+        return int(self._fh.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def _fill_the_disk(monkeypatch: pytest.MonkeyPatch, failures: int, code: int = errno.ENOSPC) -> dict[str, int]:
+    state = {"failures": failures}
+    real = LocalStorage.open_partial
+
+    def open_partial(self: LocalStorage, name: str) -> Any:
+        tmp = real(self, name)
+        tmp.fh = _FullDisk(tmp.fh, state, code)  # type: ignore[assignment]
+        return tmp
+
+    monkeypatch.setattr(LocalStorage, "open_partial", open_partial)
+    return state
+
+
+def test_a_full_disk_is_retried_and_the_video_then_stored(
+    files: FileServer, download_dir: Path, env: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the first two attempts: the task retries (storage_full is transient) and the third
+    attempt stores the whole video."""
+    state = _fill_the_disk(env, failures=2)
+    tid = new_id()
+    url = files.add(f"/files/{tid}.mp4")
+    result = download_video.apply(args=(make_outcome(tid, url),)).get()
+    assert state["failures"] == 0
+    assert result["step_errors"] == {}
+    assert (download_dir / f"{tid}.mp4").read_bytes() == VIDEO
+    assert len(files.hits(f"/files/{tid}.mp4")) == 3
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG], ids=["ENOSPC", "EFBIG"])
+def test_a_disk_that_stays_full_is_recorded_as_storage_full(
+    files: FileServer, download_dir: Path, env: pytest.MonkeyPatch, code: int
+) -> None:
+    """A disk full on every attempt: retried MAX_RETRIES times, then recorded (kind storage_full)
+    and the partial file dropped; the task itself succeeds, so the chain goes on."""
+    _fill_the_disk(env, failures=1000, code=code)
+    tid = new_id()
+    url = files.add(f"/files/{tid}.mp4")
+    result = download_video.apply(args=(make_outcome(tid, url),)).get()
+    err = result["step_errors"]["download"]
+    assert err["kind"] == "storage_full", err
+    assert errno.errorcode[code] in err["message"] and "gave up after 6 attempts" in err["message"]
+    assert result["video"] is None
+    assert len(files.hits(f"/files/{tid}.mp4")) == 1 + download_mod.MAX_RETRIES
+    assert listing(download_dir) == []
+
+
+def test_an_unexpected_error_is_recorded_without_the_signed_query(
+    files: FileServer, download_dir: Path, env: pytest.MonkeyPatch
+) -> None:
+    """Any other exception out of the download becomes step_errors.download (internal_error), its
+    message without query strings, instead of failing the task."""
+
+    def commit(self: LocalStorage, name: str, tmp: Any) -> str:
+        raise RuntimeError("storage backend broke at https://h.example/x?X-Tos-Signature=SECRET")
+
+    env.setattr(LocalStorage, "commit", commit)
+    tid = new_id()
+    url = files.add(f"/files/{tid}.mp4")
+    result = download_video(make_outcome(tid, url))
+    err = result["step_errors"]["download"]
+    assert err["kind"] == "internal_error"
+    assert err["message"] == "RuntimeError: storage backend broke at https://h.example/x"
+
+
+def test_failure_decisions() -> None:
+    """The pure decision: what is retried, and the kind recorded."""
+    import requests
+
+    from seedance_worker.steps.failures import classify
+    from seedance_worker.steps.fetch import Transient
+
+    assert classify(OSError(errno.ENOSPC, "No space left on device")).transient
+    assert classify(OSError(errno.EFBIG, "File too large")).kind == "storage_full"
+    assert classify(OSError(errno.EDQUOT, "Disk quota exceeded")).kind == "storage_full"
+    assert not classify(OSError(errno.EIO, "Input/output error")).transient
+    assert classify(OSError(errno.EIO, "Input/output error")).kind == "internal_error"
+    assert classify(requests.exceptions.InvalidURL("bad")).kind == "invalid_url"
+    assert classify(DownloadError("x", "too_large")).kind == "too_large"
+    assert classify(Transient("x", "http_error", 3.0)).not_before_s == 3.0
+    assert classify(ValueError("x")).step_error() == {
+        "type": "DownloadError", "kind": "internal_error", "message": "ValueError: x"
+    }
+
+
+# --- slow bodies (item 7) -------------------------------------------------------------------------
+
+
+SMALL_VIDEO = VIDEO[:4000]
+
+
+def test_a_dripping_body_counts_as_a_drop_and_ends_as_too_slow(
+    files: FileServer, download_dir: Path, env: pytest.MonkeyPatch
+) -> None:
+    """A body dripping ~10 bytes/s (never a read timeout) is below SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S
+    (default 1024) over a window: dropped and resumed (Range), then retried, then recorded as
+    too_slow. (Before, it ran for as long as the drip lasted, extending its own lease.)"""
+    set_env(env, download_timeout_s="0.5")
+    tid = new_id()
+    path = f"/files/{tid}.mp4"
+    url = files.add(path, Route(body=SMALL_VIDEO * 10, drip_s=0.1))  # 4000 s to drip it all
+    result = download_video.apply(args=(make_outcome(tid, url),)).get()
+    err = result["step_errors"]["download"]
+    assert err["kind"] == "too_slow", err
+    assert "SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S=1024" in err["message"]
+    hits = files.hits(path)
+    assert len(hits) == (1 + download_mod.MAX_RETRIES) * (1 + fetch_mod.MAX_RESUMES)
+    assert any(h.get("Range") for h in hits)  # each drop resumed where the bytes stopped
+    assert listing(download_dir) == []
+
+
+def test_the_attempt_budget_ends_a_slow_but_steady_download(
+    files: FileServer, download_dir: Path, env: pytest.MonkeyPatch
+) -> None:
+    """With the throughput floor off, a body that keeps trickling is cut at
+    SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S; every retry resumes the partial file from where it ended."""
+    set_env(env, download_timeout_s="1", download_min_bytes_per_s="0", download_attempt_budget_s="1")
+    tid = new_id()
+    path = f"/files/{tid}.mp4"
+    url = files.add(path, Route(body=SMALL_VIDEO, drip_s=0.02))
+    result = download_video.apply(args=(make_outcome(tid, url),)).get()
+    err = result["step_errors"]["download"]
+    assert err["kind"] == "too_slow" and "SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S=1" in err["message"], err
+    hits = files.hits(path)
+    assert len(hits) == 1 + download_mod.MAX_RETRIES
+    starts = [int(h["Range"].split("=")[1].rstrip("-")) for h in hits[1:]]
+    assert starts == sorted(starts) and starts[0] > 0  # resumed, never restarted
+    assert listing(download_dir) == []
+
+
+# --- resume only what the server vouches for (item 11) --------------------------------------------
+
+
+VIDEO2 = b"\x00\x00\x00\x18ftypmp42" + bytes(reversed(range(256))) * 1300
+
+
+def test_a_partial_file_without_saved_facts_starts_over(files: FileServer, download_dir: Path) -> None:
+    """Foreign bytes at the partial file's name (no ETag saved beside them) are not spliced in: the
+    download starts at byte 0 and stores exactly the server's file."""
+    tid = new_id()
+    path = f"/files/{tid}.mp4"
+    url = files.add(path)
+    (download_dir).mkdir(parents=True, exist_ok=True)
+    (download_dir / f".{tid}.mp4.part").write_bytes(b"FOREIGN!" * 9000)
+    result = download_video(make_outcome(tid, url))
+    assert "Range" not in files.hits(path)[0]
+    assert (download_dir / f"{tid}.mp4").read_bytes() == VIDEO
+    assert result["video"]["sha256"] == hashlib.sha256(VIDEO).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("route", "ranges"),
+    [
+        (Route(drop_after=100_000, drops=1, next_body=VIDEO2), ["bytes=100000-"]),
+        (Route(drop_after=100_000, drops=1, next_body=VIDEO2, honour_if_range=False),
+         ["bytes=100000-", None]),
+        (Route(drop_after=100_000, drops=1, next_body=VIDEO2, honour_if_range=False,
+               etag=None, last_modified="Wed, 01 Jan 2025 00:00:00 GMT"),
+         ["bytes=100000-", None]),
+    ],
+    ids=["if-range-200", "etag-differs-on-206", "size-differs-on-206"],
+)  # fmt: skip
+def test_a_file_replaced_mid_download_is_fetched_again_whole(
+    files: FileServer, download_dir: Path, route: Route, ranges: list[str | None]
+) -> None:
+    """The file changes on the server between a drop and the resume: the server's 200 to If-Range,
+    a 206 with another ETag, or a 206 of another total size (Last-Modified only) restarts from
+    byte 0; the stored file is the new version, never a splice of both."""
+    tid = new_id()
+    path = f"/files/{tid}.mp4"
+    url = files.add(path, route)
+    result = download_video(make_outcome(tid, url))
+    assert (download_dir / f"{tid}.mp4").read_bytes() == VIDEO2
+    assert result["video"]["sha256"] == hashlib.sha256(VIDEO2).hexdigest()
+    hits = files.hits(path)
+    assert [h.get("Range") for h in hits] == [None, *ranges]
+    assert hits[1]["If-Range"] == (route.last_modified or '"' + hashlib.md5(VIDEO).hexdigest() + '"')
+
+
+def test_a_server_without_validators_restarts_after_a_drop(files: FileServer, download_dir: Path) -> None:
+    """Neither ETag nor Last-Modified: nothing can vouch for a range, so a drop restarts at 0."""
+    tid = new_id()
+    path = f"/files/{tid}.mp4"
+    url = files.add(path, Route(drop_after=100_000, drops=1, etag=None))
+    result = download_video(make_outcome(tid, url))
+    assert [h.get("Range") for h in files.hits(path)] == [None, None]
+    assert result["video"]["sha256"] == hashlib.sha256(VIDEO).hexdigest()
+
+
+# --- what sits at the partial file's name (item 12) -----------------------------------------------
+
+
+def test_a_hard_link_at_the_partial_name_leaves_the_other_file_alone(
+    files: FileServer, download_dir: Path, tmp_path: Path
+) -> None:
+    """A hard link planted at `.<id>.mp4.part` to a file outside the download dir: the name is
+    removed and the partial file created afresh; the outside file keeps its bytes."""
+    tid = new_id()
+    url = files.add(f"/files/{tid}.mp4")
+    outside = tmp_path / "precious.db"
+    outside.write_bytes(b"precious bytes that must survive")
+    download_dir.mkdir(parents=True, exist_ok=True)
+    os.link(outside, download_dir / f".{tid}.mp4.part")
+    result = download_video(make_outcome(tid, url))
+    assert outside.read_bytes() == b"precious bytes that must survive"
+    assert outside.stat().st_nlink == 1
+    assert (download_dir / f"{tid}.mp4").read_bytes() == VIDEO
+    assert result["step_errors"] == {}
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "directory"])
+def test_other_things_at_the_partial_name_are_replaced(
+    files: FileServer, download_dir: Path, tmp_path: Path, planted: str
+) -> None:
+    """A symlink (to a file elsewhere), a FIFO or an empty directory at the partial file's name is
+    removed, not written through, and the download completes."""
+    tid = new_id()
+    url = files.add(f"/files/{tid}.mp4")
+    outside = tmp_path / "target.txt"
+    outside.write_bytes(b"keep")
+    download_dir.mkdir(parents=True, exist_ok=True)
+    part = download_dir / f".{tid}.mp4.part"
+    {"symlink": lambda: part.symlink_to(outside), "fifo": lambda: os.mkfifo(part), "directory": part.mkdir}[
+        planted
+    ]()
+    result = download_video(make_outcome(tid, url))
+    assert result["step_errors"] == {}, result["step_errors"]
+    assert (download_dir / f"{tid}.mp4").read_bytes() == VIDEO
+    assert outside.read_bytes() == b"keep"
+
+
+# --- what the bytes are (item 13) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"Code":"NoSuchKey","Message":"The specified key does not exist.","RequestId":"r1"}',
+        b"Access Denied: the signature does not match\n",
+        b"\x00\x00\x00\x18moovmp42" + bytes(2000),
+    ],
+    ids=["json", "text", "no-ftyp"],
+)
+def test_an_error_page_served_as_video_mp4_is_refused(
+    files: FileServer, download_dir: Path, body: bytes
+) -> None:
+    """A body under Content-Type video/mp4 without an ISO-BMFF ftyp box at byte 4 is not_a_video
+    (not retried: the signed URL names one stored object), and nothing is stored."""
+    tid = new_id()
+    url = files.add(f"/files/{tid}.mp4", Route(body=body))
+    result = download_video.apply(args=(make_outcome(tid, url),)).get()
+    err = result["step_errors"]["download"]
+    assert err["kind"] == "not_a_video" and "ftyp" in err["message"], err
+    assert len(files.hits(f"/files/{tid}.mp4")) == 1
+    assert listing(download_dir) == []
+
+
+def test_a_last_frame_that_is_not_an_image_is_noted_and_the_video_kept(
+    files: FileServer, download_dir: Path
+) -> None:
+    tid = new_id()
+    url = files.add(f"/files/{tid}.mp4")
+    frame = files.add(f"/files/{tid}.png", Route(body=b'{"error":"gone"}', content_type="image/png"))
+    result = download_video(make_outcome(tid, url, last_frame_url=frame))
+    assert result["video"]["sha256"] == hashlib.sha256(VIDEO).hexdigest()
+    assert result["video"]["last_frame_uri"] is None
+    assert result["step_errors"]["last_frame"]["kind"] == "not_a_video"
+    assert listing(download_dir) == [f"{tid}.mp4"]
+
+
+def test_a_gzipped_body_is_stored_decoded(files: FileServer, download_dir: Path) -> None:
+    """A server that gzips despite `Accept-Encoding: identity`: the stored file (and its sha256)
+    are the video's own bytes."""
+    tid = new_id()
+    path = f"/files/{tid}.mp4"
+    url = files.add(path, Route(encoding="gzip"))
+    result = download_video(make_outcome(tid, url))
+    assert files.hits(path)[0]["Accept-Encoding"] == "identity"
+    assert (download_dir / f"{tid}.mp4").read_bytes() == VIDEO
+    assert result["video"]["sha256"] == hashlib.sha256(VIDEO).hexdigest()
+    assert result["video"]["bytes"] == len(VIDEO)
+
+
+def test_a_dropped_gzipped_body_starts_over(files: FileServer, download_dir: Path) -> None:
+    """A compressed stream cannot be resumed by range: a drop restarts it from byte 0."""
+    tid = new_id()
+    path = f"/files/{tid}.mp4"
+    url = files.add(path, Route(encoding="gzip", drop_after=500, drops=1))
+    result = download_video(make_outcome(tid, url))
+    assert [h.get("Range") for h in files.hits(path)] == [None, None]
+    assert (download_dir / f"{tid}.mp4").read_bytes() == VIDEO
+    assert result["step_errors"] == {}
+
+
+def test_a_gzip_bomb_is_too_large(files: FileServer, download_dir: Path, env: pytest.MonkeyPatch) -> None:
+    """50 MB of zeros in ~50 KB of gzip under a 1 MB limit: refused as too_large while decoding."""
+    set_env(env, download_max_bytes=str(1_000_000))
+    tid = new_id()
+    url = files.add(f"/files/{tid}.mp4", Route(body=VIDEO[:16] + bytes(50_000_000), encoding="gzip"))
+    result = download_video(make_outcome(tid, url))
+    assert result["step_errors"]["download"]["kind"] == "too_large"
+    assert listing(download_dir) == []
+
+
+# --- the new settings -----------------------------------------------------------------------------
+
+
+def test_download_hardening_settings_defaults_and_bad_values() -> None:
+    """Private addresses are refused by default; a bad value fails at start, naming the setting."""
+    from seedance_worker.errors import ConfigError
+    from seedance_worker.settings import load_settings
+
+    s = load_settings({})
+    assert s.download_allow_private_hosts is False
+    assert s.download_attempt_budget_s == 1800 and s.download_min_bytes_per_s == 1024
+    bad = [
+        ({"SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S": "60"}, "SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S (60) is below "
+         "SEEDANCE_DOWNLOAD_TIMEOUT_S (120)"),
+        ({"SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S": "0"}, "SEEDANCE_DOWNLOAD_ATTEMPT_BUDGET_S"),
+        ({"SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S": "-1"}, "SEEDANCE_DOWNLOAD_MIN_BYTES_PER_S"),
+        ({"SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS": "perhaps"}, "SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS"),
+    ]  # fmt: skip
+    for environ, named in bad:
+        with pytest.raises(ConfigError) as info:
+            load_settings(environ)
+        assert named in str(info.value), info.value

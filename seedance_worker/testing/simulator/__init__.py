@@ -47,10 +47,11 @@ normally, so a client read timeout fires while the server still did the work), `
 ``sim.rate_limit_task(...)``.  Faults apply to file downloads only with ``faults_apply_to_files``.
 
 Every request is recorded (``sim.requests()``) without the ``Authorization`` value; every callback
-attempt is recorded in ``sim.callbacks_sent``.
+attempt is recorded in ``sim.callbacks_sent``; ``sim.add_response_observer(fn)`` sees the status
+and headers of each response (a 429's ``Retry-After``, say) just before it is written.
 
 Internal layout (import only the names re-exported here; the modules are internal and may change).
-A request flows ``server`` (route, record, write) -> ``endpoints`` (auth, ``faults``, the
+A request flows ``server`` (route, record, observe, write) -> ``endpoints`` (auth, ``faults``, the
 task API) or ``downloads`` (signed files from ``media``) -> ``state`` (the ``TaskBook`` state machine
 over ``task`` records, ``urls`` signing) -> ``callbacks`` (posts after the lock is released);
 ``config``, ``wire`` and ``validate`` are the shared vocabulary, ``simulator`` the facade, ``cli``
@@ -67,6 +68,7 @@ from seedance_worker.testing.simulator.config import (
     SimConfig,
 )
 from seedance_worker.testing.simulator.media import make_mp4, make_png
+from seedance_worker.testing.simulator.server import ResponseObserver
 from seedance_worker.testing.simulator.simulator import Simulator
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     "CallbackRecord",
     "RequestKind",
     "RequestRecord",
+    "ResponseObserver",
     "SimConfig",
     "Simulator",
     "make_mp4",

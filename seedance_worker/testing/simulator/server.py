@@ -1,5 +1,5 @@
 """HTTP plumbing: the threaded server, reading bodies (chunked too), routing a path to a request
-kind, recording each request, and writing the reply (or dropping it).
+kind, recording each request, telling response observers, and writing the reply (or dropping it).
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import socket
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType
 from typing import Any
 
 from seedance_worker.testing.simulator.config import (
@@ -24,6 +26,9 @@ from seedance_worker.testing.simulator.config import (
 from seedance_worker.testing.simulator.downloads import Downloads
 from seedance_worker.testing.simulator.endpoints import TaskApi
 from seedance_worker.testing.simulator.wire import ApiError, Reply, error_reply, new_request_id
+
+ResponseObserver = Callable[[str, int, Mapping[str, str]], None]
+"""Called with (request id, status code, response headers) before each response is written."""
 
 _MAX_BODY = 64 * 1024 * 1024
 
@@ -142,7 +147,7 @@ def route(method: str, path: str) -> tuple[RequestKind, str | None]:
 
 
 class Front:
-    """Turns one HTTP request into a reply: route, answer, record (``log``), write.
+    """Turns one HTTP request into a reply: route, answer, record (``log``), observe, write.
 
     ``log`` and the open connections are guarded by the shared lock.
     """
@@ -153,6 +158,8 @@ class Front:
         self._downloads = downloads
         self.log: collections.deque[RequestRecord] = collections.deque(maxlen=shared.config.max_log_records)
         self.conns: set[socket.socket] = set()
+        # A tuple replaced whole, so handler threads iterate it without the lock.
+        self.observers: tuple[ResponseObserver, ...] = ()
 
     def opened(self, conn: socket.socket) -> None:
         with self._shared.lock:
@@ -256,6 +263,10 @@ class Front:
         close = resp.close or resp.drop_after is not None
         if close:
             headers.append(("Connection", "close"))
+        if self.observers:
+            seen = MappingProxyType(dict(headers))
+            for observe in self.observers:
+                observe(rid, resp.status, seen)
         try:
             h.send_response(resp.status)
             for k, v in headers:

@@ -26,7 +26,7 @@ from seedance_worker.testing.simulator.config import (
 from seedance_worker.testing.simulator.downloads import Downloads
 from seedance_worker.testing.simulator.endpoints import TaskApi
 from seedance_worker.testing.simulator.faults import FaultGate
-from seedance_worker.testing.simulator.server import Front, Server, open_server
+from seedance_worker.testing.simulator.server import Front, ResponseObserver, Server, open_server
 from seedance_worker.testing.simulator.state import Jobs, TaskBook
 from seedance_worker.testing.simulator.task import snapshot
 from seedance_worker.testing.simulator.urls import UrlSigner
@@ -198,6 +198,25 @@ class Simulator:
     def clear_rate_limits(self) -> None:
         with self._shared.lock:
             self._faults.clear()
+
+    # ---- observing responses ---------------------------------------------------------------------
+
+    def add_response_observer(self, fn: ResponseObserver) -> None:
+        """Call ``fn(request_id, status, headers)`` for every response recorded in ``requests()``.
+
+        It runs on the handler thread just before the response is written, so whatever it keeps is
+        there by the time the client has the answer.  ``headers`` is a read-only mapping of the
+        headers the simulator set, spelled as sent (``"Retry-After"``, ``"X-Request-Id"``, ...; the
+        ``Server`` and ``Date`` that ``http.server`` adds are not in it).  ``fn`` must be quick and
+        must not raise: an exception aborts that response like any other handler error.
+        """
+        with self._shared.lock:
+            self._front.observers = (*self._front.observers, fn)
+
+    def remove_response_observer(self, fn: ResponseObserver) -> None:
+        """Stop calling ``fn`` (a no-op when it was never added)."""
+        with self._shared.lock:
+            self._front.observers = tuple(o for o in self._front.observers if o != fn)
 
     # ---- tasks for tests -------------------------------------------------------------------------
 

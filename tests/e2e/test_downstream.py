@@ -369,7 +369,7 @@ def test_a_full_disk_in_a_real_worker_retries_then_still_charges_and_notifies(
         assert len(entries) == 1 and rec.outcome["charge"]["entry_id"] == entries[0]["entry_id"]
         got = f.receiver.for_task(tid)
         assert len(got) == 1 and got[0].verified
-        assert got[0].body["step_errors"]["download"]["kind"] == "storage_full"
+        assert got[0].payload["step_errors"]["download"]["kind"] == "storage_full"
         files = f.sim.requests(kind="file", task_id=tid)
         assert len(files) == 6 and all(x.status in (200, 206) for x in files)
 
@@ -406,7 +406,7 @@ def test_a_handoff_that_exhausts_its_refires_still_charges_and_notifies(
         assert len(entries) == 1 and rec.outcome["charge"]["entry_id"] == entries[0]["entry_id"]
         got = f.receiver.for_task(tid)
         assert len(got) == 1 and got[0].verified
-        assert got[0].body["step_errors"]["handoff"]["kind"] == "handoff_exhausted"
+        assert got[0].payload["step_errors"]["handoff"]["kind"] == "handoff_exhausted"
 
 
 # --- 2. charge twice at once ----------------------------------------------------------------------
@@ -589,5 +589,5 @@ def test_malformed_video_urls_still_charge_and_notify(shared: Fleet) -> None:
         assert err["kind"] == "invalid_url" and "abc" not in err["message"], (tid, err)
         assert tid in ledger and out["charge"]["entry_id"] == entry_id(tid)
         got = f.receiver.for_task(tid)
-        assert len(got) == 1 and got[0].verified and got[0].body["step_errors"]["download"]["kind"] == "invalid_url"
+        assert len(got) == 1 and got[0].verified and got[0].payload["step_errors"]["download"]["kind"] == "invalid_url"
         assert f.sim.requests(kind="file", task_id=tid) == []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from celery import Celery, current_app
@@ -58,24 +58,20 @@ class RecordingSimulator(Simulator):
     """The simulator, also keeping the ``Retry-After`` it answered, by request id.
 
     ``RequestRecord`` keeps the request's headers, not the response's; the exact value each 429 told
-    the client is what the Retry-After check must compare with.
+    the client is what the Retry-After check must compare with.  (The simulator's server already
+    keeps quiet about the resets of SIGKILLed workers.)
     """
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.retry_after: dict[str, float] = {}
+        self.add_response_observer(self._keep_retry_after)
 
-    def start(self) -> RecordingSimulator:
-        super().start()
-        quiet_resets(self._server)
-        return self
-
-    def _write(self, h: Any, method: str, resp: Any, rid: str) -> None:
-        for k, v in resp.headers:
+    def _keep_retry_after(self, request_id: str, status: int, headers: Mapping[str, str]) -> None:
+        for k, v in headers.items():
             if k.lower() == "retry-after":
                 with contextlib.suppress(ValueError):
-                    self.retry_after[rid] = float(v)
-        super()._write(h, method, resp, rid)
+                    self.retry_after[request_id] = float(v)
 
 
 def quiet_resets(server: Any) -> None:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +381,35 @@ def test_queue_cap(http: requests.Session) -> None:
     with Simulator(config=SimConfig(queued_s=60, max_queued=1)) as sim:
         assert create(http, sim).status_code == 200
         assert_error(create(http, sim), 429, "QuotaExceeded")
+
+
+def test_response_observer_sees_each_answer_and_a_429s_retry_after(
+    sim: Simulator, http: requests.Session
+) -> None:
+    """add_response_observer gets (request id, status, headers) of every response before it goes out."""
+    seen: list[tuple[str, int, dict[str, str]]] = []
+
+    def observe(rid: str, status: int, headers: Mapping[str, str]) -> None:
+        seen.append((rid, status, dict(headers)))
+
+    sim.add_response_observer(observe)
+    task_id = sim.add_task([("queued", None)])
+    sim.rate_limit_task(task_id, retry_after_s=7)
+    limited = get(http, sim, task_id)
+    sim.clear_rate_limits()
+    ok = get(http, sim, task_id)
+    assert limited.status_code == 429 and ok.status_code == 200
+    # Already there when the client has its answer: the observer runs before the write.
+    assert [(rid, status) for rid, status, _ in seen] == [
+        (limited.headers["X-Request-Id"], 429),
+        (ok.headers["X-Request-Id"], 200),
+    ]
+    assert seen[0][2]["Retry-After"] == "7" and "Retry-After" not in seen[1][2]
+    assert seen[0][2]["Content-Type"] == "application/json"
+    assert [r.request_id for r in sim.requests()] == [rid for rid, _, _ in seen]
+    sim.remove_response_observer(observe)
+    get(http, sim, task_id)
+    assert len(seen) == 2
 
 
 # ---- files ------------------------------------------------------------------------------------------

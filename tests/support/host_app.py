@@ -22,6 +22,7 @@ app.conf.update(
     seedance_api_base_url=os.environ["HOST_API_BASE_URL"],
     seedance_download_dir=os.environ["HOST_DOWNLOAD_DIR"],
     seedance_download_allowed_hosts=["127.0.0.1"],
+    seedance_download_allow_private_hosts=True,  # the test file server is on loopback
     seedance_poll_first_delay_s=0.1,
     seedance_poll_min_interval_s=0.2,
     seedance_poll_queued_interval_s=0.3,

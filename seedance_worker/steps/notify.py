@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 NO_URL_ERROR = "no SEEDANCE_NOTIFY_URL configured"
 BACKOFF_CAP_S = 300
+# A delivery record outlives the API's 7-day task record: a task tracked again once its job record
+# expired (SEEDANCE_JOB_TTL_S may be short) finds the record delivered instead of sending again.
+MIN_DELIVERY_TTL_S = 8 * 86400
 
 
 _warned_unsigned = False
@@ -65,6 +68,11 @@ def webhook_id(task_id: str, status: str) -> str:
 
 def delivery_key(wid: str) -> str:
     return keys.delivery(wid)
+
+
+def delivery_ttl_s(settings: Settings) -> int:
+    """How long a delivery record lives after its last write (every write renews it)."""
+    return int(max(settings.job_ttl_s, settings.notify_retry_for_s * 2, MIN_DELIVERY_TTL_S))
 
 
 def backoff_s(attempts: int, cap_s: float = BACKOFF_CAP_S) -> float:
@@ -166,7 +174,7 @@ class _Delivery:
     def claim(self) -> str:
         """The claim script's verdict (send, busy, delivered or spent), counting this attempt."""
         settings = self.settings
-        ttl = int(max(settings.job_ttl_s, settings.notify_retry_for_s * 2))
+        ttl = delivery_ttl_s(settings)
         claim = scripts.load(self.r, __package__ or "", "notify_claim")
         started = time.time()
         inflight_until = started + settings.notify_timeout_s + 5
@@ -208,14 +216,21 @@ class _Delivery:
         )
         log.warning("notify task=%s id=%s budget already spent: %s", out.task_id, wid, reason)
 
+    def _write(self, mapping: dict[Any, str | int | float]) -> None:
+        """Set fields and renew the TTL together: a Redis restarted without the record (no AOF)
+        must not get it back as a key that never expires."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.key, mapping=mapping)
+        pipe.expire(self.key, delivery_ttl_s(self.settings))
+        pipe.execute()
+
     def delivered(self, url: str, code: int | None, now: float) -> None:
         """Mark the hash delivered after a 2xx and fill ``out.notification``."""
         # The receiver has it: this mark must land even through a Redis restart, or a re-run of
         # the task would deliver the same notification again.
         until_redis_answers(
-            lambda: self.r.hset(
-                self.key,
-                mapping={"delivered": 1, "status_code": code or 0, "delivered_at": now, "sending_until": 0},
+            lambda: self._write(
+                {"delivered": 1, "status_code": code or 0, "delivered_at": now, "sending_until": 0}
             ),
             f"notify {self.out.task_id} delivered mark",
         )
@@ -241,14 +256,8 @@ class _Delivery:
             self.settings,
             self.attempts,
         )
-        r.hset(
-            key,
-            mapping={
-                "last_status_code": "" if code is None else code,
-                "last_error": error,
-                "sending_until": 0,
-            },
-        )
+        status = "" if code is None else code
+        self._write({"last_status_code": status, "last_error": error, "sending_until": 0})
         first_at = float(r.hget(key, "first_at") or now)
         countdown = backoff_s(attempts, settings.poll_countdown_cap_s)
         if (
@@ -266,7 +275,7 @@ class _Delivery:
             # The chain is waiting, not lost: keep the sweeper from re-firing it meanwhile.
             extend_lease(out.task_id, settings, extra_s=countdown)
             raise task.retry(countdown=countdown, max_retries=None)
-        r.hset(key, mapping={"final_error": error})
+        self._write({"final_error": error})
         out.notification = Notification(
             webhook_id=wid, status_code=code, attempts=attempts, delivered=False, error=error
         )

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from seedance_worker.connections import eviction_problem
 from seedance_worker.testing.redis import EmbeddedRedis
 from seedance_worker.testing.simulator import Simulator
 from tests.support.workers import WorkerProcess, worker_env
@@ -50,6 +49,8 @@ def api() -> Iterator[Simulator]:
 def test_every_evicting_policy_is_a_problem_and_noeviction_is_not(policy: redis.Redis, name: str) -> None:
     """allkeys-* evict anything and volatile-* the keys with a TTL (our delivery and idempotency
     marks): each is named as a problem; noeviction is fine."""
+    from seedance_worker.connections import eviction_problem  # new with the check
+
     assert eviction_problem(policy) is None
     policy.config_set("maxmemory-policy", name)
     problem = eviction_problem(policy)

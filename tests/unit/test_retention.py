@@ -29,7 +29,6 @@ from seedance_worker.steps.charge import (
     build_entry,
     charge_usage,
     record_charge,
-    trim_ledger,
 )
 from seedance_worker.steps.notify import delivery_key, notify, webhook_id
 from seedance_worker.testing.webhooks import Delivery, WebhookReceiver
@@ -184,6 +183,8 @@ def test_a_new_charge_trims_entries_past_the_retention_but_never_one_whose_job_s
 
 def test_after_the_retention_every_entry_is_gone(r: redis.Redis) -> None:
     """41 days on (retention 40), a trim leaves neither the ledger list nor its entries."""
+    from seedance_worker.steps.charge import trim_ledger  # new with the retention
+
     ids = [new_id() for _ in range(5)]
     for tid in ids:
         charge_usage(outcome(tid))

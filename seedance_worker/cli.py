@@ -162,6 +162,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
     if args.export:
         return _export_ledger(args.since)
+    if args.since is not None:
+        print("seedance-worker: --since goes with --export jsonl", file=sys.stderr)
+        return EXIT_FAILED
     entries, totals = list_ledger(get_settings())
     if args.json:
         _print_json({"entries": entries, "totals": totals})

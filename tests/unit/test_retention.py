@@ -220,6 +220,8 @@ def test_ledger_export_writes_every_entry_as_one_json_line(
     assert "exported 2 ledger entries" in out.err
     assert main(["ledger", "--export", "jsonl", "--since", str(time.time() - DAY_S)]) == 0
     assert [json.loads(line)["task_id"] for line in capsys.readouterr().out.splitlines()] == [new]
+    assert main(["ledger", "--since", "0"]) == 1
+    assert "--since goes with --export jsonl" in capsys.readouterr().err
 
 
 # --- delivery records -----------------------------------------------------------------------------

@@ -15,7 +15,11 @@ def run_checks(settings: Settings | None = None) -> list[str]:
     settings = settings or get_settings()
     problems: list[str] = []
     try:
-        connections.get_redis(settings).ping()
+        client = connections.get_redis(settings)
+        client.ping()
+        evicting = connections.eviction_problem(client)
+        if evicting:
+            problems.append(evicting)
     except Exception as exc:  # any failure here is the answer, not a crash
         problems.append(f"Redis unusable (SEEDANCE_REDIS_URL): {type(exc).__name__}: {exc}")
     try:

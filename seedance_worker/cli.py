@@ -142,10 +142,29 @@ def _short_error(text: str | None, width: int = 90) -> str:
     return f"{head}: ...{rest[-(width - len(head) - 5):]}"
 
 
+def _export_ledger(since: float | None) -> int:
+    """One JSON object per line on stdout, in charge order; the count on stderr."""
+    from seedance_worker.settings import get_settings
+    from seedance_worker.steps.charge import iter_ledger
+
+    count = 0
+    for entry in iter_ledger(get_settings(), since=since):
+        sys.stdout.write(json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n")
+        count += 1
+    sys.stdout.flush()
+    print(f"exported {count} ledger entries", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_ledger(args: argparse.Namespace) -> int:
     from seedance_worker.settings import get_settings
     from seedance_worker.steps.charge import list_ledger
 
+    if args.export:
+        return _export_ledger(args.since)
+    if args.since is not None:
+        print("seedance-worker: --since goes with --export jsonl", file=sys.stderr)
+        return EXIT_FAILED
     entries, totals = list_ledger(get_settings())
     if args.json:
         _print_json({"entries": entries, "totals": totals})
@@ -275,8 +294,11 @@ def _add_job_commands(sub: Sub) -> None:
     s.add_argument("--limit", type=int, default=1000)
     s.set_defaults(func=cmd_jobs)
 
-    s = sub.add_parser("ledger", help="recorded charges")
+    s = sub.add_parser("ledger", help="recorded charges (kept SEEDANCE_LEDGER_RETENTION_DAYS)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--export", choices=["jsonl"], help="every entry as one JSON line, for billing")
+    s.add_argument("--since", type=float, help="with --export: only entries charged at or after this "
+                   "unix time")  # fmt: skip
     s.set_defaults(func=cmd_ledger)
 
 

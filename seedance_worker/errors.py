@@ -35,6 +35,7 @@ __all__ = [
     "SubmitAmbiguous",
     "TaskNotFound",
     "TerminalError",
+    "WebhookDeadline",
 ]
 
 
@@ -159,6 +160,11 @@ class DownloadError(TerminalError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class WebhookDeadline(RetryableError):
+    """A webhook POST got no status line and headers within its wall-clock deadline
+    (``SEEDANCE_NOTIFY_TIMEOUT_S``): its socket was shut, the attempt counts as failed."""
 
 
 class GenerationFailed(TerminalError):

@@ -19,6 +19,24 @@ single-folder layout). Who owns what:
 - webhook deliveries (``steps/notify.py``): ``seedance:delivery:{webhook_id}`` hash
 - callback de-duplication (``intake.py``): in the job hash itself (``hint_seen``, ``hint_gen``), so a
   callback for an untracked id writes nothing (before: ``seedance:intake:...`` strings, 24 h TTL)
+
+How long each lives (nothing that grows with jobs is kept for good; Redis runs ``noeviction``, so a
+key that only grew would end in refused writes, the broker's included):
+
+- ``job:{id}``: no TTL while polling or handing off (in flight: never expired, never trimmed);
+  ``SEEDANCE_JOB_TTL_S`` (7 days) once its hand-off completed (``complete.lua``).
+- ``jobs``: an id leaves when its record is gone: the sweeper's rolling scan
+  (``trim_index.lua``, a step per sweep), ``all()`` for the ids it lists, ``claim_overdue``.
+- ``due``: an entry leaves at ``complete`` (or when the sweeper finds the record done or gone).
+- ``parked``: an entry leaves when the dispatcher claims it (at its due time) or the job advances.
+- ``lag``, ``rl:*``: one key each (per account); the limiter's keys expire by themselves (PX).
+- ``idem:{key}``: 8 days from the claim (the API keeps a task 7 days).
+- ``ledger`` and ``ledger:by_task``: trimmed oldest first once older than
+  ``SEEDANCE_LEDGER_RETENTION_DAYS`` (40, at least 8), never while the task's job record exists.
+- ``video:{id}``: ``SEEDANCE_JOB_TTL_S`` from the download.
+- ``delivery:{webhook_id}``: renewed by every write, for max(``SEEDANCE_JOB_TTL_S``, 2 x
+  ``SEEDANCE_NOTIFY_RETRY_FOR_S``, 8 days).
+- callback de-duplication: fields of the job hash, gone with it.
 """
 
 from __future__ import annotations

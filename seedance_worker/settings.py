@@ -24,6 +24,9 @@ ENV_PREFIX = "SEEDANCE_"
 
 DEFAULT_ALLOWED_HOSTS = ["*.volces.com", "*.bytepluses.com"]
 
+# The API keeps a task 7 days after its creation; a charge's ledger entry outlives that by a day.
+MIN_LEDGER_RETENTION_DAYS = 8
+
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -95,6 +98,7 @@ class Settings(BaseSettings):
     notify_retry_for_s: float = Field(3600.0, gt=0)
     price_table: Path | None = None
     currency: str = "USD"
+    ledger_retention_days: int = 40
     metadata_max_bytes: int = Field(16 * 1024, ge=2)
     track_max_ids: int = Field(10_000, ge=1)
 
@@ -134,6 +138,18 @@ class Settings(BaseSettings):
             scheme = parts.scheme or "no"
             raise ValueError(f"must be a redis://, rediss:// or unix:// URL, not {scheme} scheme")
         _check_port(parts)
+        return value
+
+    @field_validator("ledger_retention_days")
+    @classmethod
+    def _ledger_retention(cls, value: int) -> int:
+        # A ledger entry is also the charge's idempotency key: the API keeps a task 7 days, and a
+        # task tracked again after its entry was dropped would be charged a second time.
+        if value < MIN_LEDGER_RETENTION_DAYS:
+            raise ValueError(
+                f"must be at least {MIN_LEDGER_RETENTION_DAYS} days: the API keeps a task 7 days, and "
+                "one tracked again after its ledger entry is gone would be charged twice"
+            )
         return value
 
     @field_validator("notify_secret")

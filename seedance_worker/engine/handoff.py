@@ -109,6 +109,14 @@ def extend_lease(task_id: str, settings: Settings | None = None, *, extra_s: flo
     get_store(settings).touch(task_id, expected_state="handoff", lease_at=lease_at, fields={})
 
 
+def still_tracked(task_ids: list[str], settings: Settings | None = None) -> set[str]:
+    """The ids whose job record exists: a chain may still run (or be re-fired) for them, so the
+    marks its steps keep (a ledger entry) must stay."""
+    if not task_ids:
+        return set()
+    return get_store(settings or get_settings()).known(task_ids)
+
+
 @shared_task(name="seedance.complete", acks_late=True, reject_on_worker_lost=True)
 @survive_redis_outage
 def complete(outcome: Any, task_id: str) -> Any:

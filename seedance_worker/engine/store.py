@@ -193,6 +193,7 @@ class Due:
 _SCRIPTS = (
     "register", "begin", "advance", "finish", "complete", "touch", "claim_overdue", "claim_due",
     "hint", "unhint", "bind_callback",
+    "trim_index",
 )  # fmt: skip
 
 
@@ -211,6 +212,9 @@ class JobStore:
         self._hint = loaded["hint"]
         self._unhint = loaded["unhint"]
         self._bind_callback = loaded["bind_callback"]
+        self._trim_index = loaded["trim_index"]
+        # Where this process's scan of the jobs index stands (0: a new pass starts).
+        self.index_cursor = 0
 
     def __repr__(self) -> str:
         return "JobStore()"
@@ -338,6 +342,19 @@ class JobStore:
     def unhint(self, task_id: str, *, seen: str, gen: int) -> None:
         """Take back a granted hint whose early poll was never published (a retry may try again)."""
         self._unhint(keys=[keys.job(task_id)], args=["{}", task_id, seen, gen])
+    def trim_jobs_index(self, *, count: int = 1000) -> int:
+        """One step of a rolling scan of the jobs index: drop the ids whose record has expired.
+
+        A finished record expires ``SEEDANCE_JOB_TTL_S`` after its hand-off completed; its id would
+        otherwise stay in ``seedance:jobs`` for good (all() only drops the ids it lists). The sweeper
+        calls this every sweep; a pass over N ids takes N / ``count`` sweeps. Returns how many left.
+        """
+        cursor, items = self.r.zscan(keys.JOBS, self.index_cursor, count=count)
+        self.index_cursor = int(cursor)
+        ids = [_s(member) for member, _score in items]
+        if not ids:
+            return 0
+        return int(self._trim_index(keys=[keys.JOBS], args=["{}", keys.JOB_PREFIX, *ids]))
 
     def fleet_lag_s(self, *, max_age_s: float = 2 * LAG_WINDOW_S) -> float:
         """How late polls have been starting lately (a queue backlog); 0 when none began recently."""
@@ -362,6 +379,13 @@ class JobStore:
         if not raw:
             return None
         return JobRecord.from_hash(task_id, {_s(k): _s(v) for k, v in raw.items()})
+
+    def known(self, task_ids: list[str]) -> set[str]:
+        """The ids among ``task_ids`` that have a job record (in flight, or finished within its TTL)."""
+        pipe = self.r.pipeline(transaction=False)
+        for tid in task_ids:
+            pipe.exists(keys.job(tid))
+        return {tid for tid, n in zip(task_ids, pipe.execute(), strict=True) if n}
 
     def all(self, limit: int = 1000) -> list[JobRecord]:
         ids = [_s(x) for x in self.r.zrevrange(keys.JOBS, 0, limit - 1)]

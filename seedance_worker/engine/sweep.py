@@ -6,6 +6,9 @@ bookkeeping, a crash between advancing the record and publishing, a Redis that l
 sweeper claims such jobs atomically (so two sweepers never both re-drive one) and publishes a poll
 with the *current* generation, under the chain's own Celery id; a late original then finds itself
 stale. A job in hand-off gets its downstream chain re-fired from the stored Outcome.
+
+Each sweep also takes one step of a rolling scan of ``seedance:jobs`` that drops the ids of records
+that have expired (store.trim_jobs_index), so the index does not keep every job ever tracked.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def run_sweep(settings: Settings | None = None, *, now: float | None = None, lim
             count += 1
         elif job.state == "handoff" and refire_handoff(job, store, settings):
             count += 1
+    # Last, so a slow or failing trim never delays a re-drive.
+    store.trim_jobs_index()
     return count
 
 

@@ -7,6 +7,11 @@ can neither write a second entry nor mark the task charged without writing one
     seedance:ledger:by_task  hash  task_id -> entry JSON (HSETNX: the first writer wins)
     seedance:ledger          list  task_ids in charge order (RPUSH only when HSETNX won)
 
+Retention: every new entry trims the oldest ones charged more than
+``SEEDANCE_LEDGER_RETENTION_DAYS`` (40) ago, oldest first, stopping at the first entry that is
+younger or whose job record still exists (its chain may still run or be re-fired, and the entry is
+its idempotency key). ``seedance-worker ledger --export jsonl`` takes the entries out before then.
+
 An entry::
 
     {"entry_id": "chg_<24 hex>", "task_id": "cgt-...", "model": "...", "service_tier": "default",
@@ -23,15 +28,19 @@ completion tokens by model and service tier, ``"*"`` being the fallback model::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 
 from seedance_worker import connections, keys, metrics, scripts
+from seedance_worker.engine.handoff import still_tracked
 from seedance_worker.errors import ConfigError
 from seedance_worker.models import Charge, Outcome
 from seedance_worker.outage import survive_redis_outage
@@ -42,8 +51,8 @@ log = logging.getLogger(__name__)
 
 LEDGER = keys.LEDGER
 LEDGER_BY_TASK = keys.LEDGER_BY_TASK
-
-
+TRIM_BATCH = 100  # entries looked at per new entry: a backlog of old ones drains 100 at a time
+DAY_S = 86400
 
 
 def entry_id(task_id: str) -> str:
@@ -97,6 +106,56 @@ def charge_from_entry(entry: dict[str, Any]) -> Charge:
     )
 
 
+def _charged_at(raw: str | bytes | None) -> float:
+    """An entry's ``ts``; an id without a readable entry counts as old (there is nothing to keep)."""
+    try:
+        return float(json.loads(raw)["ts"]) if raw else 0.0
+    except (ValueError, TypeError, KeyError):
+        return 0.0
+
+
+def trim_ledger(
+    settings: Settings | None = None, *, now: float | None = None, limit: int = TRIM_BATCH
+) -> int:
+    """Drop the oldest entries charged before the retention, oldest first; return how many went.
+
+    Stops at the first entry that is younger, or whose job record still exists: that chain may still
+    run or be re-fired, and the entry is what keeps it from charging twice.
+    """
+    settings = settings or get_settings()
+    r = connections.get_redis(settings)
+    cutoff = (time.time() if now is None else now) - settings.ledger_retention_days * DAY_S
+    ids = [str(x) for x in r.lrange(LEDGER, 0, limit - 1)]
+    if not ids:
+        return 0
+    old: list[str] = []
+    for tid, raw in zip(ids, r.hmget(LEDGER_BY_TASK, ids), strict=True):
+        if _charged_at(raw) >= cutoff:
+            break
+        old.append(tid)
+    tracked = still_tracked(old, settings)
+    expired = list(itertools.takewhile(lambda tid: tid not in tracked, old))
+    if not expired:
+        return 0
+    script = scripts.load(r, __package__ or "", "ledger_trim")
+    return int(script(keys=[LEDGER, LEDGER_BY_TASK], args=expired))
+
+
+def iter_ledger(settings: Settings | None = None, *, since: float | None = None) -> Iterator[dict[str, Any]]:
+    """Every entry in charge order (those charged at or after ``since`` when given).
+
+    The ids are read in one go, so a trim running meanwhile cannot shift the list under the reader;
+    an entry trimmed before its turn is left out (it was past the retention).
+    """
+    settings = settings or get_settings()
+    r = connections.get_redis(settings)
+    ids = [str(x) for x in r.lrange(LEDGER, 0, -1)]
+    for i in range(0, len(ids), 500):
+        for raw in r.hmget(LEDGER_BY_TASK, ids[i : i + 500]):
+            if raw and (since is None or _charged_at(raw) >= since):
+                yield json.loads(raw)
+
+
 def get_entry(task_id: str, settings: Settings | None = None) -> dict[str, Any] | None:
     settings = settings or get_settings()
     raw = connections.get_redis(settings).hget(LEDGER_BY_TASK, task_id)
@@ -135,6 +194,17 @@ def list_ledger(
     return entries, totals
 
 
+def _trim_quietly(settings: Settings) -> None:
+    """Retention is housekeeping: a failure here must not fail (and re-run) a recorded charge."""
+    try:
+        dropped = trim_ledger(settings)
+    except redis.RedisError as exc:
+        log.warning("ledger trim failed: %s: %s", type(exc).__name__, exc)
+        return
+    if dropped:
+        log.info("ledger: dropped %d entries older than %d days", dropped, settings.ledger_retention_days)
+
+
 @shared_task(bind=True, name="seedance.charge_usage", acks_late=True, reject_on_worker_lost=True)
 @survive_redis_outage
 def charge_usage(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +223,7 @@ def charge_usage(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     created, stored = record_charge(out.task_id, entry, settings)
     if created:
         metrics.charged_tokens(stored.get("completion_tokens"), stored.get("model"))
+        _trim_quietly(settings)
     out.charge = charge_from_entry(stored)
     out.step_errors.pop("charge", None)
     log.info(

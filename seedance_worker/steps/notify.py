@@ -13,7 +13,10 @@ The delivery state lives in Redis, one hash per webhook id::
 
 ``attempts`` is counted by a Lua script before every POST, together with the budget check
 (``SEEDANCE_NOTIFY_MAX_ATTEMPTS`` attempts within ``SEEDANCE_NOTIFY_RETRY_FOR_S`` of the first one),
-so the count is exact across retries and redeliveries. After a 2xx the hash is marked delivered and
+so the count is exact across retries and redeliveries. One POST is over within
+``SEEDANCE_NOTIFY_TIMEOUT_S`` of wall-clock time, however slowly the receiver answers (its socket
+is shut at the deadline, post_deadline.py); the attempt's claim lasts that plus ``CLAIM_MARGIN_S``,
+so a second sender never starts while the first is still sending. After a 2xx the hash is marked delivered and
 no later run sends it again. A non-2xx answer or a network error is retried with exponential backoff
 and jitter through ``self.retry`` (the chain is kept); when the budget is spent the failure is
 recorded in ``outcome.notification`` and the task returns normally, so the chain completes.
@@ -43,16 +46,22 @@ from standardwebhooks.webhooks import Webhook
 
 from seedance_worker import connections, keys, scripts
 from seedance_worker.engine.handoff import extend_lease
+from seedance_worker.errors import WebhookDeadline
 from seedance_worker.logs import redact
 from seedance_worker.models import Notification, Outcome
 from seedance_worker.outage import survive_redis_outage, until_redis_answers
 from seedance_worker.settings import Settings, get_settings
+from seedance_worker.steps.post_deadline import post_within
 from seedance_worker.version import __version__
 
 log = logging.getLogger(__name__)
 
 NO_URL_ERROR = "no SEEDANCE_NOTIFY_URL configured"
 BACKOFF_CAP_S = 300
+# A delivery record outlives the API's 7-day task record: a task tracked again once its job record
+# expired (SEEDANCE_JOB_TTL_S may be short) finds the record delivered instead of sending again.
+MIN_DELIVERY_TTL_S = 8 * 86400
+CLAIM_MARGIN_S = 5.0  # an attempt's claim outlasts its POST's deadline by this much
 
 
 _warned_unsigned = False
@@ -65,6 +74,11 @@ def webhook_id(task_id: str, status: str) -> str:
 
 def delivery_key(wid: str) -> str:
     return keys.delivery(wid)
+
+
+def delivery_ttl_s(settings: Settings) -> int:
+    """How long a delivery record lives after its last write (every write renews it)."""
+    return int(max(settings.job_ttl_s, settings.notify_retry_for_s * 2, MIN_DELIVERY_TTL_S))
 
 
 def backoff_s(attempts: int, cap_s: float = BACKOFF_CAP_S) -> float:
@@ -108,22 +122,24 @@ def _int(value: Any) -> int | None:
 
 
 def post(url: str, wid: str, body: str, settings: Settings) -> tuple[int | None, str | None]:
-    """One POST; returns (status code, error) where error is None for a 2xx."""
+    """One POST, over within SEEDANCE_NOTIFY_TIMEOUT_S of wall-clock time; returns (status code,
+    error) where error is None for a 2xx."""
     headers = sign_headers(wid, body, _secret(settings))
     try:
-        resp = requests.post(
+        code = post_within(
             url,
             data=body.encode("utf-8"),
             headers=headers,
-            timeout=(settings.http_connect_timeout_s, settings.notify_timeout_s),
-            allow_redirects=False,  # a redirect is not a delivery: retried like any non-2xx
+            deadline_s=settings.notify_timeout_s,
+            connect_timeout_s=settings.http_connect_timeout_s,
         )
+    except WebhookDeadline as exc:
+        return None, f"WebhookDeadline: {exc} (SEEDANCE_NOTIFY_TIMEOUT_S) from {redact(url)}"
     except requests.RequestException as exc:
         return None, f"{type(exc).__name__} posting to {redact(url)}"
-    with resp:
-        if 200 <= resp.status_code < 300:
-            return resp.status_code, None
-        return resp.status_code, f"HTTP {resp.status_code} from {redact(url)}"
+    if 200 <= code < 300:
+        return code, None
+    return code, f"HTTP {code} from {redact(url)}"
 
 
 def _check_url(url: str) -> str | None:
@@ -166,10 +182,12 @@ class _Delivery:
     def claim(self) -> str:
         """The claim script's verdict (send, busy, delivered or spent), counting this attempt."""
         settings = self.settings
-        ttl = int(max(settings.job_ttl_s, settings.notify_retry_for_s * 2))
+        ttl = delivery_ttl_s(settings)
         claim = scripts.load(self.r, __package__ or "", "notify_claim")
         started = time.time()
-        inflight_until = started + settings.notify_timeout_s + 5
+        # The POST is cut at notify_timeout_s (post_deadline.py); the margin covers this round trip,
+        # writing the result and clock skew between workers, so no second sender starts meanwhile.
+        inflight_until = started + settings.notify_timeout_s + CLAIM_MARGIN_S
         verdict, count, *rest = claim(
             keys=[self.key],
             args=[started, settings.notify_max_attempts, settings.notify_retry_for_s, ttl, inflight_until],
@@ -208,14 +226,21 @@ class _Delivery:
         )
         log.warning("notify task=%s id=%s budget already spent: %s", out.task_id, wid, reason)
 
+    def _write(self, mapping: dict[Any, str | int | float]) -> None:
+        """Set fields and renew the TTL together: a Redis restarted without the record (no AOF)
+        must not get it back as a key that never expires."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.key, mapping=mapping)
+        pipe.expire(self.key, delivery_ttl_s(self.settings))
+        pipe.execute()
+
     def delivered(self, url: str, code: int | None, now: float) -> None:
         """Mark the hash delivered after a 2xx and fill ``out.notification``."""
         # The receiver has it: this mark must land even through a Redis restart, or a re-run of
         # the task would deliver the same notification again.
         until_redis_answers(
-            lambda: self.r.hset(
-                self.key,
-                mapping={"delivered": 1, "status_code": code or 0, "delivered_at": now, "sending_until": 0},
+            lambda: self._write(
+                {"delivered": 1, "status_code": code or 0, "delivered_at": now, "sending_until": 0}
             ),
             f"notify {self.out.task_id} delivered mark",
         )
@@ -241,14 +266,8 @@ class _Delivery:
             self.settings,
             self.attempts,
         )
-        r.hset(
-            key,
-            mapping={
-                "last_status_code": "" if code is None else code,
-                "last_error": error,
-                "sending_until": 0,
-            },
-        )
+        status = "" if code is None else code
+        self._write({"last_status_code": status, "last_error": error, "sending_until": 0})
         first_at = float(r.hget(key, "first_at") or now)
         countdown = backoff_s(attempts, settings.poll_countdown_cap_s)
         if (
@@ -266,7 +285,7 @@ class _Delivery:
             # The chain is waiting, not lost: keep the sweeper from re-firing it meanwhile.
             extend_lease(out.task_id, settings, extra_s=countdown)
             raise task.retry(countdown=countdown, max_retries=None)
-        r.hset(key, mapping={"final_error": error})
+        self._write({"final_error": error})
         out.notification = Notification(
             webhook_id=wid, status_code=code, attempts=attempts, delivered=False, error=error
         )
@@ -287,7 +306,7 @@ def notify(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     verdict = delivery.claim()
     if verdict == "busy":
         # A re-fired chain racing the original: let the copy that is sending finish first.
-        raise self.retry(countdown=settings.notify_timeout_s + 6, max_retries=None)
+        raise self.retry(countdown=settings.notify_timeout_s + CLAIM_MARGIN_S + 1, max_retries=None)
     if verdict != "send":
         delivery.not_sent(verdict)
         return out.wire()

@@ -1,12 +1,19 @@
-"""What a worker checks at start: settings that would make polls run twice or hand-offs misfire."""
+"""What a worker checks at start: settings that would make polls run twice or hand-offs misfire,
+and (a warning only) a Redis that evicts keys."""
 
 from __future__ import annotations
 
+import logging
+
+import redis
 from celery import Celery
 
+from seedance_worker.connections import eviction_problem
 from seedance_worker.errors import ConfigError
 from seedance_worker.settings import Settings, get_settings
 from seedance_worker.wiring.conf import POLL_TASKS, POST_TASKS
+
+log = logging.getLogger(__name__)
 
 
 def check_app(app: Celery, settings: Settings | None = None) -> list[str]:
@@ -40,3 +47,22 @@ def check_app(app: Celery, settings: Settings | None = None) -> list[str]:
         if name not in app.tasks:
             problems.append(f"task {name!r} is not registered: call seedance_worker.install(app)")
     return problems
+
+
+def warn_if_evicting(settings: Settings | None = None) -> str | None:
+    """Log one warning when Redis would evict keys; returns it. A worker still starts (a policy can
+    be fixed with CONFIG SET while it runs); ``seedance-worker check`` fails on the same problem."""
+    settings = settings or get_settings()
+    # Short timeouts of its own: a Redis that is away must not hold up the start for 30 s.
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
+    )
+    try:
+        problem = eviction_problem(client)
+    except redis.RedisError:
+        return None  # unreachable or INFO refused: the worker's own connection reports that
+    finally:
+        client.close()
+    if problem:
+        log.warning("seedance-worker: %s", problem)
+    return problem

@@ -18,7 +18,7 @@ from seedance_worker.engine.dispatch import start_dispatcher, stop_dispatcher
 from seedance_worker.engine.store import reset_stores, scrape_counts
 from seedance_worker.errors import ConfigError
 from seedance_worker.settings import get_settings
-from seedance_worker.wiring.checks import check_app
+from seedance_worker.wiring.checks import check_app, warn_if_evicting
 from seedance_worker.wiring.registry import is_ours
 
 
@@ -99,6 +99,18 @@ def _start_dispatcher(sender: Any = None, **kw: Any) -> None:
     if _ours(sender, **kw):
         start_dispatcher()
         metrics.announce()
+
+
+@signals.worker_ready.connect
+def _warn_evicting_redis(sender: Any = None, **kw: Any) -> None:
+    # After logging is set up, so the one line goes where the worker's logs go; never fails a start.
+    if not _ours(sender, **kw):
+        return
+    try:
+        warn_if_evicting()
+    except Exception as exc:
+        print(f"seedance-worker: could not read Redis's maxmemory-policy: {type(exc).__name__}",
+              file=sys.stderr)  # fmt: skip
 
 
 @signals.task_prerun.connect

@@ -156,3 +156,25 @@ def test_metrics_bind_loopback_by_default_and_the_address_is_a_setting(addr: str
     finally:
         _, err = proc.communicate("", timeout=20)
     assert proc.returncode == 0, err[-2000:]
+
+
+@pytest.mark.parametrize(("addr", "on_127_0_0_2"), [(None, False), ("0.0.0.0", True)], ids=["default", "0.0.0.0"])
+def test_the_intake_metrics_follow_the_same_address_setting(addr: str | None, on_127_0_0_2: bool) -> None:
+    """`seedance-worker intake` with SEEDANCE_METRICS_PORT serves /metrics on SEEDANCE_METRICS_ADDR too."""
+    env = worker_env()
+    port, metrics_at = free_port(), free_port()
+    env.update(SEEDANCE_INTAKE_TOKEN="intake-metrics-token-0a1b2c3d", SEEDANCE_METRICS_PORT=str(metrics_at))
+    env.pop("SEEDANCE_METRICS_ADDR", None)
+    if addr is not None:
+        env["SEEDANCE_METRICS_ADDR"] = addr
+    proc = subprocess.Popen([sys.executable, "-m", "seedance_worker", "intake", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while not _reachable("127.0.0.1", metrics_at):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
+            time.sleep(0.1)
+        assert _reachable("127.0.0.2", metrics_at) is on_127_0_0_2
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)

@@ -158,7 +158,7 @@ class ArkClient:
         return listing
 
     def create_task(self, request: CreateRequest | Mapping[str, Any]) -> str:
-        """POST a create request once. A timeout or 5xx raises ``SubmitAmbiguous``, never a retry."""
+        """POST a create request once. A timeout, 5xx or redirect is ``SubmitAmbiguous``, never a retry."""
         req = request if isinstance(request, CreateRequest) else CreateRequest.model_validate(request)
         try:
             body = self._request("POST", TASKS_PATH, json_body=req.to_body())

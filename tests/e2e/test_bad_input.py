@@ -1,7 +1,7 @@
 """Bad input, row by row: each gets a clear error naming the problem, nothing is lost, no traceback
 reaches the user and no secret (API key, webhook secret, Redis password) is shown.
 
-Rows 1-12 of the bad-input requirement (the numbered sections below); every test asserts on the text
+Rows 1-13 of the bad-input requirement (the numbered sections below); every test asserts on the text
 a user actually sees: the CLI's stderr, the exception message, or the Outcome's recorded error.
 Most CLI rows call ``seedance_worker.cli.main`` in-process (same code, same text, ~1 s cheaper per
 run); one row each runs the installed ``seedance-worker`` command, and the worker rows start real

@@ -28,6 +28,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    client_port: int  # one per TCP connection: tells a reused connection from a new one
 
 
 def json_reply(obj: Any, status: int = 200, **headers: str) -> Reply:
@@ -107,7 +108,8 @@ class HostileApi:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
-                reply = api._reply_for(Seen(self.command, path, dict(self.headers.items()), body))
+                seen = Seen(self.command, path, dict(self.headers.items()), body, int(self.client_address[1]))
+                reply = api._reply_for(seen)
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)

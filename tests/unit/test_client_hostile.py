@@ -95,6 +95,25 @@ def test_the_cap_is_a_setting(api: HostileApi) -> None:
         ArkClient.from_settings(settings).get_task(TID)
 
 
+def test_a_capped_read_still_reuses_the_pooled_connection(api: HostileApi) -> None:
+    """Reading the body ourselves (to cap it) does not cost keep-alive: ten GETs, plain and gzip, one
+    TCP connection. A refused body drops its connection instead (the rest of it is never read)."""
+    c = mk(api)
+    api.answer("GET", task_path(TID), gzip_reply(running()))
+    for _ in range(5):
+        c.get_task(TID)
+    api.answer("GET", task_path(TID), json_reply(running()))
+    for _ in range(5):
+        c.get_task(TID)
+    assert len({s.client_port for s in api.seen("GET")}) == 1
+    api.answer("GET", task_path(TID), json_reply(running(pad="f" * (2 * MIB))))
+    with pytest.raises(errors.BadResponse):
+        c.get_task(TID)
+    api.answer("GET", task_path(TID), json_reply(running()))
+    c.get_task(TID)
+    assert len({s.client_port for s in api.seen("GET")}) == 2
+
+
 @pytest.mark.parametrize(
     ("encoding", "message"),
     [("br", "Content-Encoding 'br' refused (asked for gzip, deflate)"),

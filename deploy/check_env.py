@@ -37,6 +37,7 @@ ALLOWED: frozenset[str] = frozenset(
         "SEEDANCE_VISIBILITY_TIMEOUT_S",
         "SEEDANCE_LOG_JSON",
         "SEEDANCE_METRICS_PORT",
+        "SEEDANCE_METRICS_ADDR",
         "SEEDANCE_RATE_LIMIT_RPS",
         "SEEDANCE_INTAKE_URL",
         "SEEDANCE_INTAKE_TOKEN",

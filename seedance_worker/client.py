@@ -2,7 +2,12 @@
 
 Every non-2xx response and every transport failure becomes a class of ``errors.py``; this is the
 only module that knows HTTP status codes. The API key lives in the Session's headers only: it is
-never put into an exception, a log line or a repr.
+never put into an exception, a log line or a repr, and a server that echoes it (or the intake
+token of a callback URL) back has it scrubbed from the body before anything reads it.
+
+A body is read with a cap (``SEEDANCE_API_MAX_BODY_BYTES``, decoded bytes; see client_body.py).
+No redirect is followed: the key would go wherever ``Location`` says and a 307 would re-POST a
+create, so a 3xx is ``RedirectRefused`` (``SubmitAmbiguous`` for a create).
 """
 
 from __future__ import annotations
@@ -16,12 +21,22 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from seedance_worker import errors, metrics
+from seedance_worker.client_body import (
+    ACCEPT_ENCODING,
+    BodyRefused,
+    read_body,
+    scrub,
+    scrub_text,
+    secret_forms,
+)
+from seedance_worker.logs import redact
 from seedance_worker.models import CreateRequest, TaskList, TaskSnapshot
 from seedance_worker.settings import Settings, get_settings
 from seedance_worker.version import __version__
@@ -31,6 +46,8 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"seedance-worker/{__version__} (+python-requests/{requests.__version__})"
 TASKS_PATH = "/contents/generations/tasks"
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+ERROR_MESSAGE_MAX_CHARS = 300  # of a server's error message, in exceptions and `last_error`
 
 
 def validate_task_id(task_id: str) -> str:
@@ -68,10 +85,14 @@ class ArkClient:
         *,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        secrets: Iterable[str | None] = (),
         session: requests.Session | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout_s, read_timeout_s)
+        self.max_body_bytes = max_body_bytes
+        self._secret_forms = secret_forms([api_key, *secrets])
         self.session = session or requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
         self.session.mount("http://", adapter)
@@ -80,6 +101,7 @@ class ArkClient:
             {
                 "Authorization": f"Bearer {api_key}",
                 "Accept": "application/json",
+                "Accept-Encoding": ACCEPT_ENCODING,
                 "User-Agent": USER_AGENT,
             }
         )
@@ -94,6 +116,9 @@ class ArkClient:
             settings.api_key_value(),
             connect_timeout_s=settings.http_connect_timeout_s,
             read_timeout_s=settings.http_read_timeout_s,
+            max_body_bytes=settings.api_max_body_bytes,
+            # The intake token travels in the callback URL of every create: the API may echo it.
+            secrets=[settings.intake_token.get_secret_value() if settings.intake_token else None],
         )
 
     def close(self) -> None:
@@ -133,14 +158,18 @@ class ArkClient:
         return listing
 
     def create_task(self, request: CreateRequest | Mapping[str, Any]) -> str:
-        """POST a create request once. A timeout or 5xx raises ``SubmitAmbiguous``, never a retry."""
+        """POST a create request once. A timeout, 5xx or redirect is ``SubmitAmbiguous``, never a retry."""
         req = request if isinstance(request, CreateRequest) else CreateRequest.model_validate(request)
         try:
             body = self._request("POST", TASKS_PATH, json_body=req.to_body())
-        except (errors.RequestTimeout, errors.ServerError, errors.BadResponse) as exc:
-            # The server may have made the task before failing: posting again could pay twice.
+        except (errors.RequestTimeout, errors.ServerError, errors.BadResponse, errors.RedirectRefused) as exc:
+            # The server may have made the task before failing (or before redirecting: 303 is
+            # "created, look there"): posting again could pay twice.
+            what = type(exc).__name__
+            if isinstance(exc, errors.RedirectRefused):
+                what += f": {exc.message}"
             raise errors.SubmitAmbiguous(
-                f"create request outcome unknown ({type(exc).__name__}): the task may exist",
+                f"create request outcome unknown ({what}): the task may exist",
                 exc.status,
                 exc.code,
                 exc.request_id,
@@ -174,9 +203,39 @@ class ArkClient:
         json_body: dict[str, Any] | None = None,
         task_id: str | None = None,
     ) -> Any:
+        resp = self._send(method, path, params, json_body)
+        try:
+            metrics.http_response(str(resp.status_code))
+            body, refused = self._read(resp, method, path)
+        finally:
+            resp.close()  # a refused body is not drained: the connection is dropped, not reused
+        request_id = resp.headers.get("X-Request-Id")
+        status = resp.status_code
+        if status >= 400:
+            raise _status_error(resp, body, method, path, request_id, task_id, self._secret_forms)
+        if 300 <= status < 400:
+            raise _redirect_error(resp, method, path, request_id, self._secret_forms)
+        if refused is not None:
+            raise errors.BadResponse(f"{method} {path}: {refused}", status, None, request_id)
+        if not body:
+            return {}
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+            raise errors.BadResponse(
+                f"{method} {path}: body is not JSON ({len(body)} bytes)", status, None, request_id
+            ) from None
+
+    def _send(
+        self, method: str, path: str, params: list[tuple[str, str]] | None, json_body: dict[str, Any] | None
+    ) -> requests.Response:
+        """The response with its headers read (the body is read by ``_read``)."""
         url = self.base_url + path
         try:
-            resp = self.session.request(method, url, params=params, json=json_body, timeout=self.timeout)
+            return self.session.request(
+                method, url, params=params, json=json_body, timeout=self.timeout,
+                stream=True, allow_redirects=False,
+            )  # fmt: skip
         except requests.exceptions.ConnectTimeout:
             metrics.http_response("connection")
             raise errors.ConnectionFailed(f"{method} {path}: connect timeout", None, "connect") from None
@@ -193,34 +252,37 @@ class ArkClient:
             ) from None
         except requests.exceptions.RequestException as exc:
             raise errors.ConnectionFailed(f"{method} {path}: {type(exc).__name__}", None, None) from None
-        request_id = resp.headers.get("X-Request-Id")
-        metrics.http_response(str(resp.status_code))
-        if resp.status_code >= 400:
-            raise _status_error(resp, method, path, request_id, task_id)
-        if not resp.content:
-            return {}
+
+    def _read(self, resp: requests.Response, method: str, path: str) -> tuple[bytes, str | None]:
+        """The body, scrubbed of secrets; or ``b""`` and why it was refused. A transport failure
+        while reading raises like one before the answer (a create's is then ambiguous)."""
         try:
-            return resp.json()
-        except ValueError:
-            raise errors.BadResponse(
-                f"{method} {path}: body is not JSON ({len(resp.content)} bytes)",
-                resp.status_code,
-                None,
-                request_id,
+            return scrub(read_body(resp, self.max_body_bytes), self._secret_forms), None
+        except BodyRefused as exc:
+            return b"", str(exc)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise errors.RequestTimeout(
+                f"{method} {path}: read timeout after {self.timeout[1]:g} s (reading the body)"
+            ) from None
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+            raise errors.ConnectionFailed(
+                f"{method} {path}: connection broke while reading the body ({_short(exc)})", None, "dropped"
             ) from None
 
     @staticmethod
     def _parse(model: Any, body: Any, task_id: str | None) -> Any:
         from pydantic import ValidationError
 
+        subject = f"unexpected response body{' for ' + task_id if task_id else ''}"
         try:
             return model.model_validate(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ()))
-            raise errors.BadResponse(
-                f"unexpected response body{' for ' + task_id if task_id else ''}: {where}: {first['msg']}"
-            ) from None
+            raise errors.BadResponse(f"{subject}: {where}: {first['msg']}"[:500]) from None
+        except (ArithmeticError, ValueError, TypeError, RecursionError) as exc:
+            # Whatever a body makes the parser raise is a bad body to back off on, not a crash.
+            raise errors.BadResponse(f"{subject}: {type(exc).__name__}") from None
 
 
 def _never_sent(exc: Exception) -> bool:
@@ -233,23 +295,36 @@ def _short(exc: Exception) -> str:
     return text if len(text) < 200 else text[:200] + "..."
 
 
+def _error_fields(body: bytes) -> tuple[str | None, str, str | None]:
+    """``error.code``, ``error.message`` and ``error.param`` of an error body, each bounded."""
+    try:
+        parsed = json.loads(body) if body else None
+    except (ValueError, RecursionError):
+        return None, body[:200].decode("utf-8", "replace"), None
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(err, dict):
+        return None, "", None
+    code = str(err.get("code"))[:128] if err.get("code") else None
+    param = str(err.get("param"))[:128] if err.get("param") else None
+    message = str(err.get("message") or "")
+    if len(message) > ERROR_MESSAGE_MAX_CHARS:
+        message = message[:ERROR_MESSAGE_MAX_CHARS] + "..."
+    return code, message, param
+
+
 def _status_error(
-    resp: requests.Response, method: str, path: str, request_id: str | None, task_id: str | None
+    resp: requests.Response,
+    body: bytes,
+    method: str,
+    path: str,
+    request_id: str | None,
+    task_id: str | None,
+    forms: list[bytes],
 ) -> errors.SeedanceError:
     status = resp.status_code
-    code: str | None = None
-    message = ""
-    param: str | None = None
-    try:
-        body = resp.json()
-        err = body.get("error") if isinstance(body, dict) else None
-        if isinstance(err, dict):
-            code = err.get("code") or None
-            message = str(err.get("message") or "")
-            param = err.get("param") or None
-    except (ValueError, json.JSONDecodeError):
-        message = resp.text[:200]
-    text = f"{method} {path}: {message or resp.reason or 'error'}".strip()
+    code, message, param = _error_fields(body)
+    reason = scrub_text(str(resp.reason or "")[:100], forms)
+    text = f"{method} {path}: {message or reason or 'error'}".strip()
     if status == 429:
         return errors.RateLimited(
             text, status, code, request_id, param, parse_retry_after(resp.headers.get("Retry-After"))
@@ -269,15 +344,33 @@ def _status_error(
     return errors.UnexpectedStatus(text, status, code, request_id, param)
 
 
+def _redirect_error(
+    resp: requests.Response, method: str, path: str, request_id: str | None, forms: list[bytes]
+) -> errors.RedirectRefused:
+    location = resp.headers.get("Location") or ""
+    try:
+        # Without the query string: a signed or token-carrying URL keeps its credentials there.
+        where = scrub_text(redact(urljoin(resp.url, location)), forms) if location else "nowhere"
+    except ValueError:
+        where = "an unparsable Location"
+    return errors.RedirectRefused(
+        f"{method} {path}: answered {resp.status_code} redirecting to {where}; redirects are not "
+        "followed (check SEEDANCE_API_BASE_URL)",
+        resp.status_code,
+        None,
+        request_id,
+    )
+
+
 # One client per process: prefork children get their own after fork (requests Sessions are not
 # fork-safe), so the cache is keyed by pid.
-_clients: dict[tuple[int, str, int], ArkClient] = {}
+_clients: dict[tuple[int, str, int, int], ArkClient] = {}
 _clients_lock = threading.Lock()
 
 
 def get_client(settings: Settings | None = None) -> ArkClient:
     settings = settings or get_settings()
-    key = (os.getpid(), settings.api_base_url, hash(settings.api_key_value()))
+    key = (os.getpid(), settings.api_base_url, hash(settings.api_key_value()), settings.api_max_body_bytes)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:

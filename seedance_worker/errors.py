@@ -28,6 +28,7 @@ __all__ = [
     "InvalidRequest",
     "PermissionDenied",
     "RateLimited",
+    "RedirectRefused",
     "RequestTimeout",
     "RetryableError",
     "SeedanceError",
@@ -140,6 +141,11 @@ class PermissionDenied(ApiError, TerminalError):
 
 class UnexpectedStatus(ApiError, TerminalError):
     """Any other non-2xx status."""
+
+
+class RedirectRefused(UnexpectedStatus):
+    """HTTP 3xx: the client follows no redirect, so the API key never goes to another host and a
+    create is never sent twice (a redirected create is ``SubmitAmbiguous``)."""
 
 
 class SubmitAmbiguous(ApiError, TerminalError):

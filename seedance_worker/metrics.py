@@ -14,6 +14,9 @@ Names (all prefixed ``seedance_``):
 * ``seedance_jobs_inflight`` / ``seedance_jobs_lease_expired``: read from Redis at scrape time
   (``ZCARD`` / ``ZCOUNT`` of ``seedance:due``)
 
+The endpoint listens on ``SEEDANCE_METRICS_ADDR`` (default 127.0.0.1: nothing is exposed beyond the
+host unless asked; deploy/ sets 0.0.0.0 where Prometheus scrapes from another container or host).
+
 Prefork workers count in their pool children, so a worker with ``SEEDANCE_METRICS_PORT`` runs
 prometheus-client's multiprocess mode: on ``worker_init`` (main process, before the pool forks and
 before any metric object exists: they are created lazily, on first use) ``PROMETHEUS_MULTIPROC_DIR``
@@ -205,6 +208,7 @@ class _State:
     server: Any = None
     thread: threading.Thread | None = None
     port: int | None = None
+    addr: str | None = None
     owned_dir: str | None = None
     pid: int | None = None  # the process that serves (forked children inherit a copy of this state)
 
@@ -265,7 +269,7 @@ def serving_registry(inflight: InflightCounts | None = None) -> Any:
     return registry
 
 
-def start_server(port: int, addr: str = "0.0.0.0", inflight: InflightCounts | None = None) -> int:
+def start_server(port: int, addr: str = "127.0.0.1", inflight: InflightCounts | None = None) -> int:
     """Serve ``/metrics`` on ``port`` (0: any free port) from a daemon thread; returns the port."""
     from prometheus_client import start_http_server
 
@@ -274,6 +278,7 @@ def start_server(port: int, addr: str = "0.0.0.0", inflight: InflightCounts | No
     server, thread = start_http_server(port, addr=addr, registry=serving_registry(inflight))
     _state.server, _state.thread = server, thread
     _state.port = int(server.server_address[1])
+    _state.addr = addr
     _state.pid = os.getpid()
     return _state.port
 
@@ -288,6 +293,7 @@ def stop_server() -> None:
         _state.server = None
         _state.thread = None
         _state.port = None
+        _state.addr = None
     if _state.owned_dir:
         shutil.rmtree(_state.owned_dir, ignore_errors=True)
         if os.environ.get(MULTIPROC_ENV) == _state.owned_dir:
@@ -309,30 +315,43 @@ def metrics_port() -> int | None:
         return None
 
 
+def metrics_addr() -> str:
+    try:
+        return get_settings().metrics_addr
+    except Exception:  # a bad setting stops the worker elsewhere, naming it
+        return "127.0.0.1"
+
+
 def start_for_worker(inflight: InflightCounts | None = None) -> None:
     """Main process, before the pool forks: serve the merged view, or refuse to start naming why."""
     port = metrics_port()
     if port is None:
         return
+    addr = metrics_addr()
     path = enable_multiprocess()
     try:
-        bound = start_server(port, inflight=inflight)
+        bound = start_server(port, addr=addr, inflight=inflight)
     except OSError as exc:
         print(
-            f"seedance-worker: refusing to start: cannot serve metrics on SEEDANCE_METRICS_PORT={port}: "
-            f"{exc.strerror or exc}",
+            f"seedance-worker: refusing to start: cannot serve metrics on SEEDANCE_METRICS_ADDR={addr} "
+            f"SEEDANCE_METRICS_PORT={port}: {exc.strerror or exc}",
             file=sys.stderr,
             flush=True,
         )
         stop_server()
         raise SystemExit(2) from None
-    log.debug("metrics on :%d/metrics (multiprocess dir %s)", bound, path)
+    log.debug("metrics on %s:%d/metrics (multiprocess dir %s)", addr, bound, path)
 
 
 def announce() -> None:
     # Logging is configured after worker_init; say where the metrics are once it is.
     if _state.port is not None and _state.pid == os.getpid():
-        log.info("metrics on :%d/metrics (multiprocess dir %s)", _state.port, os.environ.get(MULTIPROC_ENV))
+        log.info(
+            "metrics on %s:%d/metrics (multiprocess dir %s)",
+            _state.addr,
+            _state.port,
+            os.environ.get(MULTIPROC_ENV),
+        )
 
 
 def child_exited(pid: int | None) -> None:

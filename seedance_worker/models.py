@@ -3,19 +3,27 @@
 Parsing is tolerant where the API drifts (absent and ``null`` alike, integers sent as strings,
 unknown fields kept, undocumented statuses kept as strings) and strict where we send (the create
 request is validated against the documented create parameters before anything goes out).
+
+Tolerant is not unbounded: an integer outside 64 bits (``"inf"``, ``"1e400"``, 400 digits), a
+status or a short field longer than makes sense, or a URL over 16 KiB fails validation (the
+client turns that into ``BadResponse``, which the poll backs off on). What of a snapshot is kept
+in the Outcome is bounded too (``bounded_snapshot``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -40,10 +48,18 @@ _TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Status.C
 _warned_statuses: set[str] = set()
 
 
+MAX_STATUS_CHARS = 64
+MAX_SHORT_CHARS = 256  # model names, resolutions, tiers, ids, error codes
+MAX_URL_CHARS = 16_384  # signed TOS URLs are 1-3 KB
+INT64 = 2**63
+
+
 def _status(value: Any) -> Any:
     if isinstance(value, Status) or value is None:
         return value
     text = str(value).strip().lower()
+    if len(text) > MAX_STATUS_CHARS:
+        raise ValueError(f"status longer than {MAX_STATUS_CHARS} characters")
     try:
         return Status(text)
     except ValueError:
@@ -62,11 +78,24 @@ def _int_or_none(value: Any) -> Any:
         try:
             return int(text)
         except ValueError:
+            pass
+        try:
             return int(float(text))
+        except OverflowError:  # "inf", "1e400": pydantic only turns ValueError into a validation error
+            raise ValueError("not a finite integer") from None
     return value
 
 
-LooseInt = Annotated[int | None, BeforeValidator(_int_or_none)]
+def _int64(value: int | None) -> int | None:
+    # Timestamps and counts: anything wider is garbage, and would overflow float arithmetic later.
+    if value is not None and not -INT64 <= value < INT64:
+        raise ValueError("integer outside the 64-bit range")
+    return value
+
+
+LooseInt = Annotated[int | None, BeforeValidator(_int_or_none), AfterValidator(_int64)]
+ShortStr = Annotated[str, StringConstraints(max_length=MAX_SHORT_CHARS)]
+UrlStr = Annotated[str, StringConstraints(max_length=MAX_URL_CHARS)]
 StatusValue = Annotated[Status | str, BeforeValidator(_status)]
 
 
@@ -81,14 +110,14 @@ class _Open(BaseModel):
 
 
 class TaskError(_Open):
-    code: str | None = None
+    code: ShortStr | None = None
     message: str | None = None
 
 
 class TaskContent(_Open):
-    video_url: str | None = None
-    last_frame_url: str | None = None
-    file_url: str | None = None
+    video_url: UrlStr | None = None
+    last_frame_url: UrlStr | None = None
+    file_url: UrlStr | None = None
 
 
 class Usage(_Open):
@@ -99,30 +128,30 @@ class Usage(_Open):
 class TaskSnapshot(_Open):
     """One GET of ``/contents/generations/tasks/{id}`` (Ark's task object)."""
 
-    id: str
-    model: str | None = None
+    id: ShortStr
+    model: ShortStr | None = None
     status: StatusValue
     error: TaskError | None = None
     created_at: LooseInt = None
     updated_at: LooseInt = None
     content: TaskContent | None = None
     seed: LooseInt = None
-    resolution: str | None = None
-    ratio: str | None = None
+    resolution: ShortStr | None = None
+    ratio: ShortStr | None = None
     duration: LooseInt = None
     frames: LooseInt = None
     framespersecond: LooseInt = None
     generate_audio: bool | None = None
     tools: list[Any] | None = None
-    safety_identifier: str | None = None
+    safety_identifier: ShortStr | None = None
     priority: LooseInt = None
     draft: bool | None = None
-    draft_task_id: str | None = None
-    service_tier: str | None = None
+    draft_task_id: ShortStr | None = None
+    service_tier: ShortStr | None = None
     execution_expires_after: LooseInt = None
     usage: Usage | None = None
     revised_prompt: str | None = None
-    output_format: str | None = None
+    output_format: ShortStr | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -146,6 +175,55 @@ class TaskSnapshot(_Open):
 class TaskList(_Open):
     items: list[TaskSnapshot] = Field(default_factory=list)
     total: LooseInt = 0
+
+
+# --- what of a snapshot is kept (Outcome, job record, webhook) ------------------------------------
+
+EXTRA_FIELD_MAX_BYTES = 2048  # one unknown field (or `tools`), as JSON
+EXTRAS_MAX_BYTES = 8192  # all unknown fields of one snapshot together
+TEXT_MAX_CHARS = 4096  # revised_prompt, error.message
+DROPPED_FIELDS = "dropped_fields"
+
+
+def bounded_snapshot(snap: TaskSnapshot) -> dict[str, Any]:
+    """The snapshot as the Outcome keeps it: documented fields whole (they are bounded at parse),
+    free text cut at ``TEXT_MAX_CHARS``, and unknown fields (at the top and inside ``content``,
+    ``usage``, ``error``) and ``tools`` kept only while each stays under ``EXTRA_FIELD_MAX_BYTES``
+    and all of them under ``EXTRAS_MAX_BYTES``; the names of the dropped ones are listed under
+    ``dropped_fields``. The Outcome is copied into Redis several times and into the webhook."""
+    data = snap.model_dump(mode="json", exclude_none=True)
+    budget = [EXTRAS_MAX_BYTES]
+    dropped: list[str] = []
+    extras = [(data, "", [*(snap.model_extra or {}), "tools"])]
+    for name in ("content", "usage", "error"):
+        part = getattr(snap, name)
+        if part is not None and isinstance(data.get(name), dict):
+            extras.append((data[name], name + ".", list((part.model_extra or {}).keys())))
+    for holder, prefix, names in extras:
+        for key in names:
+            if key in holder and not _fits(holder[key], budget):
+                del holder[key]
+                dropped.append(prefix + key)
+    _cut_text(data, "revised_prompt")
+    if isinstance(data.get("error"), dict):
+        _cut_text(data["error"], "message")
+    if dropped:
+        data[DROPPED_FIELDS] = dropped
+    return data
+
+
+def _fits(value: Any, budget: list[int]) -> bool:
+    size = len(json.dumps(value, ensure_ascii=False).encode())
+    if size > EXTRA_FIELD_MAX_BYTES or size > budget[0]:
+        return False
+    budget[0] -= size
+    return True
+
+
+def _cut_text(holder: dict[str, Any], key: str) -> None:
+    text = holder.get(key)
+    if isinstance(text, str) and len(text) > TEXT_MAX_CHARS:
+        holder[key] = f"{text[:TEXT_MAX_CHARS]}... [cut {len(text) - TEXT_MAX_CHARS} characters]"
 
 
 # --- the create request (POST /contents/generations/tasks) ------------------------------------

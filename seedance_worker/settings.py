@@ -7,6 +7,7 @@ closest known name), so a typo fails at start instead of silently falling back t
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -52,6 +53,7 @@ class Settings(BaseSettings):
     api_base_url: str = "https://ark.ap-southeast.bytepluses.com/api/v3"
     http_connect_timeout_s: float = Field(5.0, gt=0, le=120)
     http_read_timeout_s: float = Field(30.0, gt=0, le=600)
+    api_max_body_bytes: int = Field(1024 * 1024, ge=4096, le=256 * 1024 * 1024)
 
     # --- Redis and Celery -----------------------------------------------------------------------
     redis_url: str = "redis://localhost:6379/0"
@@ -105,6 +107,7 @@ class Settings(BaseSettings):
     # --- operations -----------------------------------------------------------------------------
     log_json: bool = False
     metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_addr: str = "127.0.0.1"
     intake_url: str | None = None
     intake_token: SecretStr | None = None
     intake_header_timeout_s: float = Field(10.0, gt=0, le=300)
@@ -129,6 +132,14 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL with a host")
         _check_port(parts)
         return value.rstrip("/")
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _listen_addr(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError("must be an IP address to listen on, like 127.0.0.1, 0.0.0.0 or ::") from None
 
     @field_validator("redis_url")
     @classmethod
@@ -205,6 +216,13 @@ class Settings(BaseSettings):
             return self.intake_poll_min_interval_s
         return self.poll_min_interval_s
 
+    def __repr_args__(self) -> Any:
+        # repr/str (and so any log line or traceback that prints Settings) never show a URL's
+        # password, user or query (a notify URL may carry its token there); SecretStr hides the rest.
+        for name, value in super().__repr_args__():
+            is_url = isinstance(value, str) and bool(name) and str(name).endswith("_url")
+            yield name, masked_url(value) if is_url else value
+
     def api_key_value(self) -> str:
         if self.api_key is None or not self.api_key.get_secret_value():
             raise ConfigError("SEEDANCE_API_KEY is not set")
@@ -239,13 +257,19 @@ def _check_port(parts: SplitResult) -> None:
         raise ValueError("has a port that is not a number") from None
 
 
-def _without_credentials(value: str) -> str:
-    """A URL with any user:password replaced, for messages."""
-    parts = urlsplit(value)
-    if parts.username is None and parts.password is None:
-        return value
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"***@{host}").geturl()
+def masked_url(value: str) -> str:
+    """A URL without its user:password and with its query and fragment replaced, for messages."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "***"
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[-1])
+    if parts.query:
+        parts = parts._replace(query="***")
+    if parts.fragment:
+        parts = parts._replace(fragment="***")
+    return parts.geturl()
 
 
 def _format_validation_error(err: ValidationError) -> str:
@@ -258,7 +282,7 @@ def _format_validation_error(err: ValidationError) -> str:
             msg = "is not a known setting"
         value = item.get("input")
         if isinstance(value, str) and name.endswith("_URL"):
-            value = _without_credentials(value)
+            value = masked_url(value)
         shown = "" if name.endswith(("_KEY", "_SECRET", "_TOKEN")) or isinstance(value, dict) else value
         suffix = f" (got {shown!r})" if shown not in ("", None) else ""
         lines.append(f"{name}: {msg}{suffix}")

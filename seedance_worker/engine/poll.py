@@ -27,7 +27,7 @@ from seedance_worker.engine.handoff import fire_handoff
 from seedance_worker.engine.jobs import POLL_TASK, registration_fields
 from seedance_worker.engine.schedule import Schedule, Uniform, handoff_lease, running_lease, waiting_lease
 from seedance_worker.engine.store import Begun, JobRecord, JobStore, get_store
-from seedance_worker.models import Outcome, TaskSnapshot
+from seedance_worker.models import Outcome, TaskSnapshot, bounded_snapshot
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.ratelimit import Permit, RateLimiter, limiter_keys
 from seedance_worker.settings import Settings, get_settings
@@ -35,6 +35,7 @@ from seedance_worker.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 INLINE_WAIT_S = 0.05  # a limiter wait this short is slept inline instead of a reschedule
+LAST_ERROR_MAX_CHARS = 500  # last_error lives in the job record and in `seedance-worker jobs`
 
 
 class PollOptions(BaseModel):
@@ -82,7 +83,7 @@ def decide(
     expires = snap.execution_expires_after if snap is not None else None
     deadline = schedule.deadline(created_at, expires or record.expires_after, record.tracked_at or now)
     if snap is not None and snap.is_terminal:
-        error = snap.error.model_dump(mode="json", exclude_none=True) if snap.error else None
+        error = bounded_snapshot(snap).get("error") if snap.error else None
         return Finish(snap.status_text, error)
     if isinstance(result, errors.TaskNotFound):
         return Finish("not_found", {"code": result.code or "NotFound", "message": result.message})
@@ -113,7 +114,11 @@ def decide(
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) <= LAST_ERROR_MAX_CHARS:
+        return text
+    half = LAST_ERROR_MAX_CHARS // 2
+    return f"{text[:half]} ... {text[-half:]}"  # the class up front, the status and code at the end
 
 
 def wait_for_not_before(record: JobRecord, *, now: float, schedule: Schedule) -> Reschedule | None:
@@ -378,7 +383,7 @@ class _Poller:
         snap: TaskSnapshot | None,
         now: float,
     ) -> dict[str, Any]:
-        snapshot = snap.model_dump(mode="json", exclude_none=True) if snap is not None else None
+        snapshot = bounded_snapshot(snap) if snap is not None else None
         polls = record.polls + (1 if snap is not None or decision.status == "not_found" else 0)
         outcome = Outcome(
             task_id=self.task_id,

@@ -13,7 +13,10 @@ Rules (each one is a test in tests/test_schedule.py):
 7. Every countdown is capped at ``countdown_cap_s`` (well below the broker's visibility timeout);
    a longer ``Retry-After`` wait is served as several capped hops (the poll re-checks ``not_before``).
 8. Past ``created_at + execution_expires_after + deadline_grace_s`` the job ends as expired even if
-   the server never says so.
+   the server never says so. A ``created_at`` that cannot be the task's (<= 0, more than the API's
+   7-day retention before tracking, or more than a day after it) counts from ``tracked_at``
+   instead, and an ``execution_expires_after`` <= 0 is the API's default: a bad clock or a bad
+   body never ends a running job early.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Protocol
 from seedance_worker.settings import Settings
 
 DEFAULT_EXPIRES_AFTER_S = 172_800  # the API's default execution_expires_after (48 h)
+TASK_RETENTION_S = 7 * 86_400  # the API forgets a task after 7 days: no deadline lies beyond that
+CLOCK_SKEW_S = 86_400  # a created_at this far after tracking is a wrong clock, not a task
 
 
 class Uniform(Protocol):
@@ -99,8 +104,15 @@ class Schedule:
 
     def deadline(self, created_at: float | None, expires_after_s: float | None, tracked_at: float) -> float:
         """The time after which a job is ended as expired even if the server never says so."""
-        start = created_at if created_at is not None else tracked_at
-        return start + (expires_after_s or DEFAULT_EXPIRES_AFTER_S) + self.deadline_grace_s
+        plausible = (
+            created_at is not None
+            and created_at > 0
+            and tracked_at - TASK_RETENTION_S <= created_at <= tracked_at + CLOCK_SKEW_S
+        )
+        start = created_at if plausible and created_at is not None else tracked_at
+        window = expires_after_s if expires_after_s is not None and expires_after_s > 0 else None
+        window = min(window or DEFAULT_EXPIRES_AFTER_S, TASK_RETENTION_S)
+        return start + window + self.deadline_grace_s
 
 
 def _clamp(value: float, lo: float, hi: float) -> float:

@@ -191,10 +191,13 @@ def serve_intake(host: str, port: int) -> None:
         raise errors.ConfigError(f"intake cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     if settings.metrics_port is not None:
         try:
-            metrics.start_server(settings.metrics_port, inflight=scrape_counts(settings.redis_url))
+            metrics.start_server(
+                settings.metrics_port, addr=settings.metrics_addr, inflight=scrape_counts(settings.redis_url)
+            )
         except OSError as exc:
             server.server_close()
-            where = f"SEEDANCE_METRICS_PORT={settings.metrics_port}"
+            where = f"SEEDANCE_METRICS_ADDR={settings.metrics_addr} "
+            where += f"SEEDANCE_METRICS_PORT={settings.metrics_port}"
             raise errors.ConfigError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
     stop = threading.Event()
 

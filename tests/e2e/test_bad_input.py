@@ -1,7 +1,7 @@
 """Bad input, row by row: each gets a clear error naming the problem, nothing is lost, no traceback
 reaches the user and no secret (API key, webhook secret, Redis password) is shown.
 
-Rows 1-12 of the bad-input requirement (the numbered sections below); every test asserts on the text
+Rows 1-13 of the bad-input requirement (the numbered sections below); every test asserts on the text
 a user actually sees: the CLI's stderr, the exception message, or the Outcome's recorded error.
 Most CLI rows call ``seedance_worker.cli.main`` in-process (same code, same text, ~1 s cheaper per
 run); one row each runs the installed ``seedance-worker`` command, and the worker rows start real
@@ -46,6 +46,15 @@ from tests.support.bad_input_helpers import (
     worker_start_cmd,
 )
 from tests.support.env import clean_redis, reset_caches
+from tests.support.hostile_api_server import (
+    HostileApi,
+    Reply,
+    gzip_reply,
+    json_reply,
+    raw_json_reply,
+    redirect,
+    task_path,
+)
 from tests.support.waiting import wait_for
 from tests.support.workers import Workers, worker_env
 
@@ -645,6 +654,104 @@ def test_cli_submit_refuses_a_bad_role(sim: Simulator) -> None:
         "seedance-worker: InvalidRequest: invalid create request: content.1.image_url.role: "
     )
     assert sim.requests(kind="create") == []
+
+
+# --- 13. hostile API answers: absurd numbers, huge or bomb bodies, echoed keys, redirects -----------
+
+MIB = 1024 * 1024
+
+
+def _running(tid: str, **fields: Any) -> dict[str, Any]:
+    return {"id": tid, "status": "running", "created_at": int(time.time()), **fields}
+
+
+def _hostile_replies(api: HostileApi, other: HostileApi) -> dict[str, tuple[Reply, str | None]]:
+    """Job id -> (what its GET answers first, how its last_error starts; None: no error, polls on)."""
+    ids = {name: f"cgt-20260101000000-{name}" for name in
+           ("hinf", "h1e400", "hdigit", "hzero", "hneg", "hbomb", "hbig", "hecho", "hredir")}  # fmt: skip
+    i = ids
+    return {
+        i["hinf"]: (json_reply(_running(i["hinf"], created_at="inf")), "BadResponse: unexpected response body"),
+        i["h1e400"]: (json_reply(_running(i["h1e400"], execution_expires_after="1e400")),
+                      "BadResponse: unexpected response body"),
+        i["hdigit"]: (raw_json_reply(f'{{"id": "{i["hdigit"]}", "status": "running", "created_at": {"9" * 400}}}'),
+                      "BadResponse: unexpected response body"),
+        i["hzero"]: (json_reply(_running(i["hzero"], created_at=0)), None),
+        i["hneg"]: (json_reply(_running(i["hneg"], created_at=-1)), None),
+        i["hbomb"]: (gzip_reply(_running(i["hbomb"], pad="a" * (32 * MIB))),
+                     "BadResponse: GET /contents/generations/tasks/cgt-20260101000000-hbomb: body over "
+                     "SEEDANCE_API_MAX_BODY_BYTES=1048576"),
+        i["hbig"]: (json_reply(_running(i["hbig"], pad="b" * (2 * MIB))),
+                    "BadResponse: GET /contents/generations/tasks/cgt-20260101000000-hbig: body over "
+                    "SEEDANCE_API_MAX_BODY_BYTES=1048576"),
+        i["hecho"]: (json_reply({"error": {"code": "AuthenticationError", "message": f"key {API_KEY} revoked"}}, 401),
+                     "AuthenticationFailed: GET /contents/generations/tasks/cgt-20260101000000-hecho: key [redacted] revoked"),
+        i["hredir"]: (redirect(307, f"{other.base_url}/contents/generations/tasks/{i['hredir']}"),
+                      "RedirectRefused: GET /contents/generations/tasks/cgt-20260101000000-hredir: answered 307 "
+                      f"redirecting to http://127.0.0.1:{other.port}/api/v3/contents/generations/tasks/"),
+    }  # fmt: skip
+
+
+def _succeeded(tid: str, **extra: Any) -> Reply:
+    return json_reply({"id": tid, "status": "succeeded", "created_at": int(time.time()),
+                       "content": {"video_url": f"http://127.0.0.1:9/{tid}.mp4?sig=abc"},
+                       "usage": {"completion_tokens": 100, "total_tokens": 100}, **extra})  # fmt: skip
+
+
+def _hostile_phase_done(replies: dict[str, tuple[Reply, str | None]]) -> dict[str, str]:
+    """Jobs not yet where the hostile phase must leave them (empty when all are), and why."""
+    waiting = {}
+    for tid, (_, error) in replies.items():
+        r = get_store().get(tid)
+        if r is None or r.state != "polling":
+            waiting[tid] = f"state {r.state if r else None}, not polling"
+        elif error is not None and (r.error_streak < 2 or not (r.last_error or "").startswith(error)):
+            waiting[tid] = f"error_streak={r.error_streak} last_error={r.last_error!r}"
+        elif error is None and (r.polls < 3 or r.last_error is not None or r.status != "running"):
+            waiting[tid] = f"polls={r.polls} status={r.status} last_error={r.last_error!r}"
+    return waiting
+
+
+@pytest.mark.slow
+def test_worker_backs_off_on_hostile_api_answers_and_finishes_once_they_are_good(
+    env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str
+) -> None:
+    """Through a real worker: "inf", "1e400" or 400 digits in created_at/execution_expires_after, a
+    32 MiB gzip bomb, a 2 MiB body, a 401 echoing the API key and a redirect to another host are each
+    retried with backoff (never a crash, never PollCrashed), last_error says why and shows no key; a
+    created_at of 0 or -1 with status running keeps polling (it does not end expired). Once the API
+    answers well every job succeeds, and a 200 KB unknown field is left out of the Outcome."""
+    with HostileApi() as api, HostileApi() as other:
+        env.setenv("SEEDANCE_API_BASE_URL", api.base_url)
+        env.setenv("SEEDANCE_ON_SUCCEEDED", "")
+        env.setenv("SEEDANCE_ON_FAILED", "")
+        reset_caches()
+        clean_redis(redis_url)
+        replies = _hostile_replies(api, other)
+        for tid, (reply, _) in replies.items():
+            api.answer("GET", task_path(tid), reply)
+        with Workers(tmp_path, n=1, concurrency=2) as ws:
+            results = {tid: seedance_worker.track(tid) for tid in replies}
+            deadline = time.monotonic() + 40
+            while (waiting := _hostile_phase_done(replies)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not waiting, f"not backing off / not polling on: {waiting}\n{ws.logs()[-3000:]}"
+            shown = [job_of(tid) for tid in replies]  # `seedance-worker jobs --json`, checked for secrets
+            table = main("jobs").stdout
+            big = "cgt-20260101000000-hbig"
+            for tid in replies:
+                extra = {"debug_trace": "t" * 200_000, "echo": f"key={API_KEY}"} if tid == big else {}
+                api.answer("GET", task_path(tid), _succeeded(tid, **extra))
+            outcomes = {tid: res.get(timeout=40) for tid, res in results.items()}
+            logs = ws.logs()
+    assert {tid: o["status"] for tid, o in outcomes.items()} == dict.fromkeys(replies, "succeeded")
+    assert all(j["state"] == "polling" and j["outcome_status"] is None for j in shown), shown
+    assert other.seen() == []  # the redirect's target never got the key (or anything else)
+    kept = outcomes[big]["snapshot"]
+    assert "debug_trace" not in kept and kept["dropped_fields"] == ["debug_trace"]
+    assert kept["echo"] == "key=[redacted]"
+    assert "PollCrashed" not in logs and "OverflowError" not in logs
+    assert_no_secret(table, logs, *outcomes.values())
 
 
 # --- secrets, across the rows ------------------------------------------------------------------------

@@ -129,3 +129,77 @@ def test_malformed_task_ids_are_refused(bad: str) -> None:
 def test_client_repr_hides_the_key() -> None:
     """The client's repr shows the base URL, not the key."""
     assert KEY not in repr(client()) and BASE in repr(client())
+
+
+# --- issue 14: hostile numbers, nesting, echoed keys, the requests floor ----------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f'{{"id": "{TID}", "status": "running", "created_at": "inf"}}',
+        f'{{"id": "{TID}", "status": "running", "created_at": 1785911412, "execution_expires_after": "1e400"}}',
+        f'{{"id": "{TID}", "status": "running", "created_at": {"9" * 400}}}',
+        f'{{"id": "{TID}", "status": "running", "usage": {{"completion_tokens": "{"1" * 5000}"}}}}',
+        f'{{"id": "{TID}", "status": "{"x" * 500}"}}',
+    ],
+    ids=["created_at-inf", "expires-1e400", "created_at-400-digits", "tokens-5000-digits", "status-500-chars"],
+)
+@responses.activate
+def test_absurd_numbers_and_fields_are_a_bad_response_not_a_crash(body: str) -> None:
+    """A number no timestamp or count can be (or a status no API sends) is BadResponse (retryable,
+    backed off by the poll), never an OverflowError escaping the client."""
+    responses.get(URL, body=body, status=200, content_type="application/json")
+    with pytest.raises(errors.BadResponse) as info:
+        client().get_task(TID)
+    assert str(info.value).startswith(f"unexpected response body for {TID}: ")
+    assert isinstance(info.value, errors.RetryableError)
+
+
+@responses.activate
+def test_json_nested_a_hundred_thousand_deep_is_a_bad_response() -> None:
+    """json's RecursionError is a bad body like any other, not an exception past the client."""
+    responses.get(URL, body="[" * 100_000, status=200, content_type="application/json")
+    with pytest.raises(errors.BadResponse, match="body is not JSON"):
+        client().get_task(TID)
+
+
+@responses.activate
+def test_an_api_key_echoed_in_an_error_body_is_redacted() -> None:
+    """A server that repeats the key in its error message does not get it into the exception (and so
+    not into last_error, `seedance-worker jobs` or a log line)."""
+    echo = f"API key {KEY} is not valid for this endpoint"
+    responses.get(URL, json=envelope("AuthenticationError", echo), status=401)
+    with pytest.raises(errors.AuthenticationFailed) as info:
+        client().get_task(TID)
+    assert "API key [redacted] is not valid" in str(info.value)
+    assert KEY not in f"{info.value} {info.value!r} {info.value.args!r}"
+    responses.replace(responses.GET, URL, json={"id": TID, "status": "failed", "note": f"k={KEY}",
+                                                "error": {"code": "X", "message": echo}})  # fmt: skip
+    snap = client().get_task(TID)
+    assert KEY not in snap.model_dump_json() and snap.error is not None
+    assert snap.error.message == "API key [redacted] is not valid for this endpoint"
+
+
+@responses.activate
+def test_a_huge_error_message_is_cut() -> None:
+    """An error message is kept to a few hundred characters in the exception (it lands in Redis)."""
+    responses.get(URL, json=envelope("InternalServiceError", "x" * 100_000), status=500)
+    with pytest.raises(errors.ServerError) as info:
+        client().get_task(TID)
+    assert len(str(info.value)) < 500
+
+
+def test_requests_floor_excludes_the_vulnerable_releases() -> None:
+    """pyproject's requests floor admits no release with CVE-2024-35195 or CVE-2024-47081 (<2.32.4)."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    (req,) = [Requirement(d) for d in deps if Requirement(d).name == "requests"]
+    assert not req.specifier.contains("2.32.3") and not req.specifier.contains("2.31.0")
+    assert req.specifier.contains("2.32.4")
+    assert req.specifier.contains(requests.__version__)  # and the installed one meets it

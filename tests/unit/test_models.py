@@ -8,7 +8,16 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from seedance_worker.models import CreateRequest, Outcome, Status, TaskList, TaskSnapshot
+from seedance_worker.models import (
+    EXTRAS_MAX_BYTES,
+    TEXT_MAX_CHARS,
+    CreateRequest,
+    Outcome,
+    Status,
+    TaskList,
+    TaskSnapshot,
+    bounded_snapshot,
+)
 
 QUEUED = {
     "id": "cgt-20260805143012-k7q2m", "model": "dreamina-seedance-2-0-260128", "status": "queued",
@@ -179,3 +188,78 @@ def test_outcome_round_trips_as_json() -> None:
     o = Outcome(task_id="cgt-1", status="succeeded", snapshot=SUCCEEDED, metadata={"user": "u1"}, polls=3)
     again = Outcome.model_validate(json.loads(json.dumps(o.wire())))
     assert again == o and again.succeeded
+
+
+# --- issue 14: bounded parsing, bounded Outcome snapshots ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"created_at": "inf"},
+        {"created_at": "-Infinity"},
+        {"created_at": "1e400"},
+        {"execution_expires_after": "1e400"},
+        {"created_at": 10**400},
+        {"created_at": "9" * 400},
+        {"updated_at": 2**63},
+        {"usage": {"completion_tokens": "1" * 5000}},
+        {"status": "s" * 65},
+        {"model": "m" * 257},
+        {"content": {"video_url": "https://x/" + "v" * 20_000}},
+    ],
+    ids=["inf", "-inf", "1e400", "expires-1e400", "int-400-digits", "str-400-digits", "2**63",
+         "tokens-5000-digits", "status-65", "model-257", "url-20k"],
+)  # fmt: skip
+def test_absurd_values_fail_validation_not_arithmetic(change: dict[str, object]) -> None:
+    """Each is a ValidationError (the client's BadResponse), never an OverflowError at parse or
+    later in the deadline arithmetic."""
+    with pytest.raises(ValidationError):
+        TaskSnapshot.model_validate({**RUNNING, **change})
+
+
+def test_the_widest_accepted_integers_still_do_arithmetic() -> None:
+    """At the edge of the accepted range the deadline is still a float, not an overflow."""
+    s = TaskSnapshot.model_validate({**RUNNING, "created_at": 2**63 - 1, "execution_expires_after": -(2**63)})
+    assert isinstance(s.deadline(), float)
+
+
+def test_bounded_snapshot_keeps_documented_fields_and_drops_large_unknown_ones() -> None:
+    """Documented fields stay whole; an unknown field over 2 KiB (at the top or inside content /
+    usage / error) is dropped and named; small unknown fields stay; free text is cut at 4096."""
+    body = {
+        **SUCCEEDED,
+        "progress": 1.0,
+        "debug_trace": "t" * 60_000,
+        "content": {**SUCCEEDED["content"], "thumbnails": ["x" * 3000]},  # type: ignore[dict-item]
+        "usage": {**SUCCEEDED["usage"], "tool_usage": {"web_search": 2}},  # type: ignore[dict-item]
+        "revised_prompt": "p" * 10_000,
+        "error": {"code": "X", "message": "m" * 10_000, "detail": {"k": "v" * 5000}},
+        "tools": [{"type": "web_search", "blob": "b" * 5000}],
+    }
+    kept = bounded_snapshot(TaskSnapshot.model_validate(body))
+    assert kept["content"]["video_url"] == SUCCEEDED["content"]["video_url"]  # type: ignore[index]
+    assert kept["usage"] == {"completion_tokens": 108900, "total_tokens": 108900, "tool_usage": {"web_search": 2}}
+    assert kept["progress"] == 1.0 and kept["seed"] == 78674
+    assert sorted(kept["dropped_fields"]) == ["content.thumbnails", "debug_trace", "error.detail", "tools"]
+    assert "debug_trace" not in kept and "thumbnails" not in kept["content"] and "tools" not in kept
+    assert kept["revised_prompt"] == "p" * TEXT_MAX_CHARS + "... [cut 5904 characters]"
+    assert kept["error"]["message"].startswith("m" * TEXT_MAX_CHARS + "... [cut ")
+    assert len(json.dumps(kept)) < 16_000
+    again = Outcome(task_id="cgt-1", status="succeeded", snapshot=kept).snapshot_model()
+    assert again is not None and again.video_url == SUCCEEDED["content"]["video_url"]  # type: ignore[index]
+
+
+def test_bounded_snapshot_budget_for_all_unknown_fields_together() -> None:
+    """Many small unknown fields fit one by one but not all together: the total stays within 8 KiB."""
+    body = {**RUNNING, **{f"f{i:03d}": "z" * 1000 for i in range(100)}}
+    kept = bounded_snapshot(TaskSnapshot.model_validate(body))
+    extras = {k: v for k, v in kept.items() if k.startswith("f")}
+    assert len(extras) > 0 and sum(len(json.dumps(v)) for v in extras.values()) <= EXTRAS_MAX_BYTES
+    assert len(kept["dropped_fields"]) == 100 - len(extras)
+
+
+def test_bounded_snapshot_of_a_plain_body_is_its_dump() -> None:
+    """Nothing is dropped or marked when nothing is large."""
+    s = TaskSnapshot.model_validate(SUCCEEDED)
+    assert bounded_snapshot(s) == s.model_dump(mode="json", exclude_none=True)

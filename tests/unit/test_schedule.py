@@ -167,3 +167,45 @@ def test_running_jobs_can_stay_flat_while_queued_ones_grow() -> None:
                  backoff_factor=1.5, running_backoff_factor=1.0)  # fmt: skip
     assert [s.base_interval("running", n) for n in (1, 5, 20)] == [5, 5, 5]
     assert [s.base_interval("queued", n) for n in (1, 2, 3, 10)] == [15, 22.5, 33.75, 60]
+
+
+# --- issue 14: a created_at or expiry no task can have never ends a running job ---------------------
+
+
+T = 1_785_911_412.0  # a tracked_at of 2026
+
+
+@pytest.mark.parametrize("created_at", [0, -1, -(2**62), 1, T - 8 * 86_400, T + 2 * 86_400, 2**62])
+def test_an_implausible_created_at_counts_from_tracked_at(created_at: float) -> None:
+    """<= 0, before the API's 7-day retention or a day after tracking: the deadline counts from
+    tracked_at, as if created_at were unknown."""
+    assert S.deadline(created_at, 3600, T) == T + 3600 + 900
+    assert S.deadline(T - 6 * 86_400, 3600, T) == T - 6 * 86_400 + 3600 + 900  # a 6-day-old task is real
+
+
+@pytest.mark.parametrize("expires", [0, -5, -(2**62)])
+def test_a_non_positive_expiry_is_the_api_default(expires: int) -> None:
+    assert S.deadline(1000, expires, 1000) == 1000 + 172_800 + 900
+
+
+def test_an_expiry_longer_than_retention_is_capped() -> None:
+    """No deadline lies beyond the 7 days the API keeps a task (a 404 ends the job after that)."""
+    assert S.deadline(1000, 2**62, 1000) == 1000 + 7 * 86_400 + 900
+
+
+@pytest.mark.parametrize("created_at", [0, -1])
+def test_decide_keeps_polling_a_running_job_whose_created_at_is_not_positive(created_at: int) -> None:
+    """The server says running with created_at <= 0: the job polls on, it does not end expired."""
+    rec = JobRecord(task_id="cgt-1", tracked_at=T, status="running", status_polls=2)
+    d = decide(rec, snap("running", created_at=created_at), now=T + 100, schedule=S)
+    assert isinstance(d, Reschedule)
+    stored = JobRecord(task_id="cgt-1", tracked_at=T, status="running", created_at=float(created_at))
+    assert isinstance(decide(stored, errors.ServerError("x", 500), now=T + 100, schedule=S), Reschedule)
+
+
+def test_decide_keeps_the_error_of_a_failed_task_bounded() -> None:
+    """The error dict a Finish carries into the Outcome is bounded like the snapshot."""
+    d = decide(REC, snap("failed", error={"code": "X", "message": "m" * 50_000, "blob": "b" * 9000}),
+               now=1100, schedule=S)  # fmt: skip
+    assert isinstance(d, Finish) and d.error is not None
+    assert "blob" not in d.error and len(d.error["message"]) < 4200

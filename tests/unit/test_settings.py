@@ -81,3 +81,56 @@ def test_countdown_cap_near_visibility_timeout_is_refused() -> None:
         info.value
     )
     load_settings({}).check_visibility_timeout()
+
+
+# --- issue 14: URL credentials hidden, new settings validated ---------------------------------------
+
+REDIS_PASSWORD = "redis-pw-SECRET-91ab"
+NOTIFY_PASSWORD = "notify-pw-SECRET-22cd"
+NOTIFY_TOKEN = "notify-tok-SECRET-33ef"
+
+
+def test_repr_and_str_hide_url_credentials() -> None:
+    """The Redis password and the notify URL's user:password and query token are not in repr/str
+    (a log line or a traceback that prints Settings); the values themselves are untouched."""
+    s = load_settings({
+        "SEEDANCE_REDIS_URL": f"redis://worker:{REDIS_PASSWORD}@redis.internal:6379/0",
+        "SEEDANCE_NOTIFY_URL": f"https://hooks:{NOTIFY_PASSWORD}@hooks.example.com/in?token={NOTIFY_TOKEN}",
+    })  # fmt: skip
+    for text in (repr(s), str(s)):
+        for secret in (REDIS_PASSWORD, NOTIFY_PASSWORD, NOTIFY_TOKEN, "worker:", "hooks:"):
+            assert secret not in text, (secret, text)
+        assert "redis_url='redis://***@redis.internal:6379/0'" in text
+        assert "notify_url='https://***@hooks.example.com/in?***'" in text
+    assert s.redis_url == f"redis://worker:{REDIS_PASSWORD}@redis.internal:6379/0"
+    assert s.notify_url is not None and NOTIFY_TOKEN in s.notify_url
+
+
+def test_a_refused_url_setting_hides_its_query_token() -> None:
+    """A URL refused at start is named with its host, without its password or query string."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"SEEDANCE_NOTIFY_URL": f"ftp://u:{NOTIFY_PASSWORD}@x/y?token={NOTIFY_TOKEN}"})
+    msg = str(info.value)
+    assert "SEEDANCE_NOTIFY_URL" in msg and "ftp://***@x/y?***" in msg
+    assert NOTIFY_PASSWORD not in msg and NOTIFY_TOKEN not in msg
+
+
+def test_metrics_listen_on_loopback_unless_told_otherwise() -> None:
+    """SEEDANCE_METRICS_ADDR defaults to 127.0.0.1; any IP literal is accepted, anything else named."""
+    assert load_settings({}).metrics_addr == "127.0.0.1"
+    assert load_settings({"SEEDANCE_METRICS_ADDR": "0.0.0.0"}).metrics_addr == "0.0.0.0"
+    assert load_settings({"SEEDANCE_METRICS_ADDR": " :: "}).metrics_addr == "::"
+    with pytest.raises(ConfigError) as info:
+        load_settings({"SEEDANCE_METRICS_ADDR": "everywhere"})
+    assert str(info.value) == (
+        "invalid configuration: SEEDANCE_METRICS_ADDR: must be an IP address to listen on, like "
+        "127.0.0.1, 0.0.0.0 or :: (got 'everywhere')"
+    )
+
+
+def test_api_body_cap_has_a_sane_default_and_bounds() -> None:
+    """SEEDANCE_API_MAX_BODY_BYTES: 1 MiB by default; below 4 KiB (or not a number) is named."""
+    assert load_settings({}).api_max_body_bytes == 1024 * 1024
+    for bad in ("100", "lots"):
+        with pytest.raises(ConfigError, match="SEEDANCE_API_MAX_BODY_BYTES"):
+            load_settings({"SEEDANCE_API_MAX_BODY_BYTES": bad})

@@ -342,6 +342,7 @@ class JobStore:
     def unhint(self, task_id: str, *, seen: str, gen: int) -> None:
         """Take back a granted hint whose early poll was never published (a retry may try again)."""
         self._unhint(keys=[keys.job(task_id)], args=["{}", task_id, seen, gen])
+
     def trim_jobs_index(self, *, count: int = 1000) -> int:
         """One step of a rolling scan of the jobs index: drop the ids whose record has expired.
 

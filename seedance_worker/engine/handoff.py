@@ -1,9 +1,20 @@
-"""The terminal hand-off: fire the job's ``on_succeeded`` / ``on_failed`` chain once.
+"""The terminal hand-off: the job's ``on_succeeded`` / ``on_failed`` chain, once, before the caller's.
 
 The chain is the job's list of task names or signatures, each getting the previous one's Outcome,
-with ``seedance.complete`` appended: it stores the final (enriched) Outcome in the job record and
-ends the hand-off lease. Until then the job sits in ``state=handoff`` with a lease in the due index,
-so a downstream message lost with a killed worker is re-fired by the sweeper from the stored Outcome.
+with ``seedance.complete`` appended: it stores the final (enriched) Outcome in the job record, ends
+the hand-off lease and returns that Outcome (or raises the typed failure carrying it).
+
+The terminal poll *replaces itself* with this chain (Celery's ``Task.replace``): the chain's last
+link takes the poll's own task id and the caller's chain, links, errbacks and chord come after it.
+So ``chain(poll.s(id), next.s())`` gives ``next`` the Outcome the downstream steps filled (video,
+charge, notification), and ``AsyncResult(poll id)`` (the handle of ``track()``/``submit()``)
+resolves to it. A job tracked with ``raw=True`` keeps the old shape: the poll returns the terminal
+Outcome and the chain runs beside the caller's.
+
+Until ``complete`` runs the job sits in ``state=handoff`` with a lease in the due index. A chain
+lost with a killed worker is fired again by the sweeper, which publishes a *hand-off poll*: a poll
+message under the chain's own id and canvas, carrying ``handoff``, that replaces itself the same
+way without calling the API (``refire``). ``cancel()`` ends a job through the same message.
 
 A chain that never completes however often it is fired (a step that kills its worker, a user task
 that always raises) must still bill and tell: its last fire is a *salvage* chain, only the job's
@@ -15,11 +26,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
-from celery import chain, current_app, shared_task, signature
+from celery import Task, chain, current_app, shared_task, signature
 from celery.canvas import Signature
 
+from seedance_worker import errors
+from seedance_worker.engine import tracing
+from seedance_worker.engine.jobs import publish_poll
 from seedance_worker.engine.schedule import handoff_lease
 from seedance_worker.engine.store import JobRecord, get_store
 from seedance_worker.outage import survive_redis_outage
@@ -28,6 +42,24 @@ from seedance_worker.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 SALVAGE_STEPS = ("seedance.charge_usage", "seedance.notify")
+
+_STATUS_ERRORS: dict[str, type[errors.GenerationFailed]] = {
+    "failed": errors.GenerationFailed,
+    "expired": errors.GenerationExpired,
+    "cancelled": errors.GenerationCancelled,
+    "not_found": errors.TaskNotFound,
+}
+
+
+def deliver(outcome: dict[str, Any]) -> dict[str, Any]:
+    """Return a succeeded Outcome; raise the typed failure (carrying the Outcome) for the others."""
+    status = outcome.get("status")
+    if status == "succeeded":
+        return outcome
+    cls = _STATUS_ERRORS.get(str(status), errors.GenerationFailed)
+    err = outcome.get("error") or {}
+    detail = f": {err.get('code')}: {err.get('message')}" if err else ""
+    raise cls(f"remote task {outcome.get('task_id')} ended {status}{detail}", outcome)
 
 
 def _spec_name(spec: Any) -> str | None:
@@ -80,15 +112,11 @@ def build_chain(
     return chain(*steps) if len(steps) > 1 else steps[0]
 
 
-def fire_handoff(
-    record: JobRecord, outcome: dict[str, Any], settings: Settings, *, salvage: bool = False
-) -> None:
-    """Publish the downstream chain (or its salvage) and note it in the record (the lease stays
-    until complete)."""
-    now = time.time()
+def _note_fired(record: JobRecord, settings: Settings, *, salvage: bool) -> None:
     # Noted before publishing: a fast chain can reach seedance.complete (state done) before a note
     # written afterwards, which then found no hand-off to update. If the publish fails, the lease
     # still lets the sweeper fire it again.
+    now = time.time()
     get_store(settings).touch(
         record.task_id,
         expected_state="handoff",
@@ -99,7 +127,48 @@ def fire_handoff(
             "handoff_fires": record.handoff_fires + 1,
         },
     )
-    build_chain(record, outcome, settings, salvage=salvage).apply_async()
+
+
+def hand_off(
+    task: Task, record: JobRecord, outcome: dict[str, Any], settings: Settings, *, salvage: bool = False
+) -> NoReturn:
+    """Replace the running poll with the downstream chain (the caller's canvas continues after it)."""
+    _note_fired(record, settings, salvage=salvage)
+    sig = build_chain(record, outcome, settings, salvage=salvage)
+    task.replace(sig)
+    raise AssertionError("Task.replace returned")  # pragma: no cover  (it raises Ignore)
+
+
+def fire_beside(
+    record: JobRecord, outcome: dict[str, Any], settings: Settings, *, salvage: bool = False
+) -> None:
+    """``raw=True`` jobs: publish the downstream chain on its own; the poll returns the raw Outcome."""
+    _note_fired(record, settings, salvage=salvage)
+    with tracing.attached(record.trace):
+        build_chain(record, outcome, settings, salvage=salvage).apply_async()
+
+
+def refire(record: JobRecord, settings: Settings, *, salvage: bool = False) -> None:
+    """Fire a hand-off again (the sweeper, cancel): a hand-off poll under the chain's own id and
+    canvas replaces itself with the chain, as the terminal poll would have."""
+    if record.raw:
+        outcome = record.outcome or {}
+        fire_beside(record, salvage_outcome(outcome, record.handoff_fires) if salvage else outcome,
+                    settings, salvage=salvage)  # fmt: skip
+        return
+    get_store(settings).touch(
+        record.task_id, expected_state="handoff", lease_at=handoff_lease(settings, time.time()), fields={}
+    )
+    publish_poll(
+        record.task_id,
+        gen=record.terminal_gen,
+        countdown_s=0,
+        celery_id=record.owner,
+        settings=settings,
+        canvas=record.canvas,
+        handoff="salvage" if salvage else "fire",
+        trace=record.trace,
+    )
 
 
 def extend_lease(task_id: str, settings: Settings | None = None, *, extra_s: float = 0.0) -> None:
@@ -117,7 +186,9 @@ def still_tracked(task_ids: list[str], settings: Settings | None = None) -> set[
     return get_store(settings or get_settings()).known(task_ids)
 
 
-@shared_task(name="seedance.complete", acks_late=True, reject_on_worker_lost=True)
+@shared_task(
+    name="seedance.complete", acks_late=True, reject_on_worker_lost=True, throws=(errors.GenerationFailed,)
+)
 @survive_redis_outage
 def complete(outcome: Any, task_id: str) -> Any:
     """Last link of every hand-off chain: keep the final Outcome, end the lease, set the record TTL."""
@@ -132,4 +203,4 @@ def complete(outcome: Any, task_id: str) -> Any:
         log.info("handoff %s completed again (a re-fired chain); record kept", task_id)
     elif state == 1:
         log.info("handoff %s done", task_id)
-    return outcome
+    return deliver(final) if "status" in final else outcome

@@ -1,11 +1,12 @@
 """``seedance.poll``: one GET per run; not terminal -> the same message again with a countdown.
 
-The task is thin: ``decide()`` is a pure function over (job record, what the GET gave, now) and the
-task only carries out its verdict. Rescheduling re-publishes the *same* task id with the caller's
-chain, links and errbacks (``signature_from_request``), so ``chain(poll.s(id), next.s())`` and
-chords keep working and no worker slot is held while waiting. Each message carries the job's
-generation ``gen``; a copy whose ``gen`` is no longer current is stale and raises ``Ignore`` without
-calling the API (see store.py).
+The task is thin: ``decide()`` (decide.py) is a pure function over (job record, what the GET gave,
+now) and the task only carries out its verdict. Rescheduling re-publishes the *same* task id with
+the caller's chain, links and errbacks (``signature_from_request``), so ``chain(poll.s(id),
+next.s())`` and chords keep working and no worker slot is held while waiting. Each message carries
+the job's generation ``gen``; a copy whose ``gen`` is no longer current is stale and raises
+``Ignore`` without calling the API (see store.py). Each run is a ``seedance.poll`` span in its
+job's trace (tracing.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from celery import Task, shared_task
 from celery.exceptions import Ignore
@@ -23,19 +23,20 @@ from pydantic import BaseModel, ConfigDict
 
 from seedance_worker import connections, errors, metrics
 from seedance_worker.client import get_client, validate_task_id
-from seedance_worker.engine.handoff import fire_handoff
-from seedance_worker.engine.jobs import POLL_TASK, registration_fields
-from seedance_worker.engine.schedule import Schedule, Uniform, handoff_lease, running_lease, waiting_lease
+from seedance_worker.engine import admission, progress, tracing
+from seedance_worker.engine.decide import Finish, Reschedule, advance_fields, decide, wait_for_not_before
+from seedance_worker.engine.handoff import deliver, fire_beside, hand_off, salvage_outcome
+from seedance_worker.engine.jobs import POLL_TASK, refuse_eager, registration_fields
+from seedance_worker.engine.schedule import Schedule, handoff_lease, park_time, running_lease, waiting_lease
 from seedance_worker.engine.store import Begun, JobRecord, JobStore, get_store
 from seedance_worker.models import Outcome, TaskSnapshot, bounded_snapshot
 from seedance_worker.outage import survive_redis_outage
-from seedance_worker.ratelimit import Permit, RateLimiter, limiter_keys
+from seedance_worker.ratelimit import Permit, RateLimiter, has_unwritten_cooldown, limiter_keys
 from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 INLINE_WAIT_S = 0.05  # a limiter wait this short is slept inline instead of a reschedule
-LAST_ERROR_MAX_CHARS = 500  # last_error lives in the job record and in `seedance-worker jobs`
 
 
 class PollOptions(BaseModel):
@@ -47,106 +48,16 @@ class PollOptions(BaseModel):
     due: float | None = None  # when this message was scheduled to run (for lateness)
     slot: bool = False  # this run holds a rate-limiter reservation: go straight to the GET
     follow: bool = False
+    handoff: Literal["fire", "salvage"] | None = None  # a hand-off poll (handoff.refire)
+    raw: bool = False  # return the terminal Outcome; the downstream chain runs beside the caller's
+    snapshot: dict[str, Any] | None = None  # read by a batched round: stands in for this run's GET
     metadata: dict[str, Any] | None = None
     on_succeeded: list[Any] | None = None
     on_failed: list[Any] | None = None
-
-
-# --- the pure decision ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reschedule:
-    countdown_s: float
-    fields: dict[str, Any] = field(default_factory=dict)
-    called_api: bool = True
-
-
-@dataclass(frozen=True)
-class Finish:
-    status: str  # succeeded | failed | expired | cancelled | not_found
-    error: dict[str, Any] | None = None
-
-
-def decide(
-    record: JobRecord,
-    result: TaskSnapshot | errors.SeedanceError,
-    *,
-    now: float,
-    schedule: Schedule,
-    rng: Uniform | None = None,
-) -> Reschedule | Finish:
-    """What to do after one GET (``result`` is the snapshot or the error it raised)."""
-    rng = rng or random
-    snap = result if isinstance(result, TaskSnapshot) else None
-    created_at = snap.created_at if snap is not None and snap.created_at is not None else record.created_at
-    expires = snap.execution_expires_after if snap is not None else None
-    deadline = schedule.deadline(created_at, expires or record.expires_after, record.tracked_at or now)
-    if snap is not None and snap.is_terminal:
-        error = bounded_snapshot(snap).get("error") if snap.error else None
-        return Finish(snap.status_text, error)
-    if isinstance(result, errors.TaskNotFound):
-        return Finish("not_found", {"code": result.code or "NotFound", "message": result.message})
-    if now > deadline:
-        return Finish(
-            "expired",
-            {"code": "DeadlineExceeded", "message": "no terminal status by created_at + expiry + grace"},
-        )
-    if snap is not None:
-        same = record.status == snap.status_text
-        status_polls = record.status_polls + 1 if same else 1
-        countdown = schedule.next_countdown(status=snap.status_text, polls_in_status=status_polls, rng=rng)
-        return Reschedule(
-            countdown,
-            {"status": snap.status_text, "status_polls": status_polls, "error_streak": 0, "last_error": None},
-        )
-    assert isinstance(result, errors.SeedanceError)
-    if isinstance(result, errors.RateLimited):
-        # A 429 says nothing about the job: it does not count as an error against it.
-        retry_after = result.retry_after_s if result.retry_after_s is not None else schedule.min_interval_s
-        countdown = schedule.next_countdown(
-            status=record.status, polls_in_status=record.status_polls, retry_after_s=retry_after, rng=rng
-        )
-        return Reschedule(countdown, {"not_before": now + retry_after, "last_error": _describe(result)})
-    streak = record.error_streak + 1
-    countdown = schedule.next_countdown(status=record.status, error_streak=streak, rng=rng)
-    return Reschedule(countdown, {"error_streak": streak, "last_error": _describe(result)})
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    if len(text) <= LAST_ERROR_MAX_CHARS:
-        return text
-    half = LAST_ERROR_MAX_CHARS // 2
-    return f"{text[:half]} ... {text[-half:]}"  # the class up front, the status and code at the end
-
-
-def wait_for_not_before(record: JobRecord, *, now: float, schedule: Schedule) -> Reschedule | None:
-    """A job told to wait (429 Retry-After) is not polled before then; no GET is spent on it."""
-    if record.not_before is None or now >= record.not_before:
-        return None
-    return Reschedule(min(record.not_before - now + 0.05, schedule.countdown_cap_s), {}, called_api=False)
+    account: str | None = None  # entered from a user's canvas: the account the task was made with
 
 
 # --- the task -------------------------------------------------------------------------------------
-
-_STATUS_ERRORS: dict[str, type[errors.GenerationFailed]] = {
-    "failed": errors.GenerationFailed,
-    "expired": errors.GenerationExpired,
-    "cancelled": errors.GenerationCancelled,
-    "not_found": errors.TaskNotFound,
-}
-
-
-def deliver(outcome: dict[str, Any]) -> dict[str, Any]:
-    """Return a succeeded Outcome; raise the typed failure (carrying the Outcome) for the others."""
-    status = outcome.get("status")
-    if status == "succeeded":
-        return outcome
-    cls = _STATUS_ERRORS.get(str(status), errors.GenerationFailed)
-    err = outcome.get("error") or {}
-    detail = f": {err.get('code')}: {err.get('message')}" if err else ""
-    raise cls(f"remote task {outcome.get('task_id')} ended {status}{detail}", outcome)
 
 
 def _canvas_of(task: Task) -> dict[str, Any] | None:
@@ -164,6 +75,11 @@ def _canvas_of(task: Task) -> dict[str, Any] | None:
 
 class _Drop(Exception):
     """This copy of the message is done (rescheduled, parked, or stale): end it with Ignore."""
+
+
+# How a poll run ends without an error of its own: rescheduled or dropped (_Drop), replaced by its
+# downstream chain (Ignore), a job that failed (the typed failure its handle raises).
+_QUIET = (_Drop, Ignore, errors.GenerationFailed)
 
 
 def _again(task: Task, task_id: str, options: dict[str, Any], countdown_s: float) -> NoReturn:
@@ -191,6 +107,9 @@ def _again(task: Task, task_id: str, options: dict[str, Any], countdown_s: float
 @survive_redis_outage
 def poll(self: Task, task_id: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Poll one remote task once; return its Outcome when it has ended."""
+    # The app's task_always_eager, not request.is_eager: a direct .apply() (the sweeper's tests, a
+    # terminal snapshot) sends its reschedule to the broker and is fine; always-eager recurses.
+    refuse_eager("seedance.poll", bool(self.app.conf.task_always_eager))
     validate_task_id(task_id)
     opts = PollOptions.model_validate(options or {})
     settings = get_settings()
@@ -212,6 +131,7 @@ class _Poller:
         self.schedule = Schedule.from_settings(settings)
         self.store: JobStore = get_store(settings)
         self.celery_id: str = task.request.id or ""
+        self.spans: tracing.Spans = tracing.NOOP  # this run's spans, once it is past begin
 
     def run(self) -> dict[str, Any]:
         """adopt -> begin (the fence) -> gate (429s, the rate limit) -> fetch -> act on decide()."""
@@ -231,13 +151,24 @@ class _Poller:
             cooldown_key=limiter_keys(self.settings)[1],
             lag_s=None if self.opts.due is None else now - self.opts.due,
         )
+        traced = begun.record or JobRecord(self.task_id)
+        with tracing.poll_span(traced.trace, self.task_id, traced.account, expected=_QUIET) as self.spans:
+            return self.polled(begun, gen, now)
+
+    def polled(self, begun: Begun, gen: int, now: float) -> dict[str, Any]:
+        """The run past the fence: its read, then what decide() says (finish, or the next poll)."""
         record = self.fenced(begun, gen, now)
         if isinstance(record, dict):
             return record
-        self.gate(record, gen, begun.cooldown_s, now)
-        result = self.fetch(record)
+        if self.opts.snapshot is not None:
+            result: TaskSnapshot | errors.SeedanceError = TaskSnapshot.model_validate(self.opts.snapshot)
+        else:
+            self.gate(record, gen, self.use_account(record, begun.cooldown_s), now)
+            result = self.fetch(record)
         now = time.time()
-        metrics.poll(result.status_text if isinstance(result, TaskSnapshot) else type(result).__name__)
+        read = result.status_text if isinstance(result, TaskSnapshot) else type(result).__name__
+        metrics.poll(read)
+        self.spans.set("seedance.read", read)
         decision = decide(record, result, now=now, schedule=self.schedule)
         snap = result if isinstance(result, TaskSnapshot) else None
         if isinstance(decision, Finish):
@@ -252,36 +183,76 @@ class _Poller:
             metadata=self.opts.metadata,
             on_succeeded=self.opts.on_succeeded,
             on_failed=self.opts.on_failed,
+            raw=self.opts.raw,
+            account=self.opts.account,
         )
         canvas = _canvas_of(self.task)
         if canvas is not None:
             # Kept so a parked or re-driven poll is published with the caller's chain and links.
             fields["canvas"] = canvas
-        reg = self.store.register(
-            self.task_id,
-            self.celery_id,
-            now=now,
-            lease_at=waiting_lease(self.settings, 0, now),
-            fields=fields,
-        )
+        with tracing.start_job("seedance.track", self.task_id, fields.get("account")) as root:
+            if root.traceparent:
+                fields[tracing.TRACE_FIELD] = root.traceparent
+            reg = self.store.register(
+                self.task_id, self.celery_id, now=now, lease_at=waiting_lease(self.settings, 0, now),
+                fields=fields,
+            )  # fmt: skip
         return 1 if reg.owner == self.celery_id else None
 
     def fenced(self, begun: Begun, gen: int, now: float) -> JobRecord | dict[str, Any]:
         """The record this run may poll, or the Outcome when the fence already ended the job."""
         record = begun.record
         if begun.verdict in ("stale", "missing") or record is None:
+            self.spans.set("seedance.dropped", begun.verdict)
             log.info("poll %s gen=%s %s copy dropped", self.task_id, gen, begun.verdict)
             raise _Drop()
         if begun.verdict == "terminal":
-            # A redelivered terminal poll: the hand-off already happened; give the caller's chain
-            # the same Outcome again without calling the API or firing anything.
-            log.info("poll %s gen=%s terminal copy: returning the recorded outcome", self.task_id, gen)
-            return deliver(record.outcome or {})
+            return self.terminal_copy(record)
         if begun.verdict == "crashloop":
             message = f"poll crashed its worker {begun.crashes} times"
             return self.finish(record, gen, Finish("failed", {"code": "PollCrashed", "message": message}),
                                None, now)  # fmt: skip
         return record
+
+    def terminal_copy(self, record: JobRecord) -> dict[str, Any]:
+        """A copy of the terminal generation: a hand-off poll, or a redelivered terminal poll."""
+        self.spans.status(record.status)
+        outcome = record.outcome or {}
+        if record.raw:
+            # The hand-off already happened beside: give the caller's chain the same Outcome again.
+            log.info("poll %s terminal copy: returning the recorded outcome", self.task_id)
+            return deliver(outcome)
+        fire = self.opts.handoff is not None or record.handoff == "pending"
+        if record.state == "handoff" and fire:
+            salvage = self.opts.handoff == "salvage"
+            log.info("poll %s hand-off poll: replacing itself with the %s chain", self.task_id,
+                     "salvage" if salvage else "downstream")  # fmt: skip
+            if salvage:
+                outcome = salvage_outcome(outcome, record.handoff_fires)
+            hand_off(self.task, record, outcome, self.settings, salvage=salvage)
+        # The chain was fired already (it ends the caller's canvas); the sweeper fires it again if
+        # it is lost.
+        log.info("poll %s terminal copy dropped (hand-off %s)", self.task_id, record.handoff)
+        raise _Drop()
+
+    def use_account(self, record: JobRecord, cooldown_s: float) -> float:
+        """Call the API with the job's own account (key, base URL, limiter); its 429 cool-down.
+
+        ``begin`` read the default account's cool-down; a job of another account reads its own
+        (one more round trip), so one account's 429s never hold another's polls. A name no longer
+        configured keeps the default here and fails the GET in ``fetch`` (backed off, last_error).
+        """
+        if record.account is None:
+            if has_unwritten_cooldown(self.settings):
+                # A 429 this process got while Redis was down (this run is its re-run): begin
+                # could not see it; written now and read back.
+                return self.limiter().cooldown_left()
+            return cooldown_s
+        try:
+            self.settings = self.settings.for_account(record.account)
+        except errors.InvalidRequest:
+            return 0.0
+        return self.limiter().cooldown_left()
 
     def gate(self, record: JobRecord, gen: int, cooldown_s: float, now: float) -> None:
         """Return when this run may call the API; otherwise reschedule it (raises _Drop)."""
@@ -313,7 +284,7 @@ class _Poller:
     def fetch(self, record: JobRecord) -> TaskSnapshot | errors.SeedanceError:
         """The one GET of this run: the snapshot, or the error it raised."""
         try:
-            return get_client(self.settings).get_task(self.task_id)
+            return get_client(self.settings, record.account).get_task(self.task_id)
         except errors.SeedanceError as exc:
             if isinstance(exc, errors.RateLimited):
                 # Everyone on this API key waits, not only this job.
@@ -335,22 +306,12 @@ class _Poller:
         *,
         slot: bool = False,
     ) -> NoReturn:
-        fields = dict(decision.fields)
-        polls = record.polls + (1 if decision.called_api else 0)
-        fields.update(
-            polls=polls,
-            next_due_at=now + decision.countdown_s,
-            updated_at=now,
-        )
-        if snap is not None and snap.created_at is not None and record.created_at is None:
-            # Only what the deadline needs: the full body is kept once, in the Outcome, at the end
-            # (a small record keeps Redis at a few hundred bytes per in-flight job).
-            fields["created_at"] = snap.created_at
-            fields["expires_after"] = snap.execution_expires_after
-        # A long wait is parked in Redis (dispatch.py publishes it when due) instead of a countdown
-        # message that a worker would hold in memory, unacked, for the whole wait.
-        park = 0 < self.settings.poll_park_after_s < decision.countdown_s and not slot
-        park_at = now + decision.countdown_s if park else 0.0
+        fields = advance_fields(record, decision, now, snap)
+        polls = int(fields["polls"])
+        park_at = park_time(self.settings, now, decision.countdown_s, slot=slot)
+        park = park_at > 0
+        if park:
+            fields["next_due_at"] = park_at
         if not self.store.advance(
             self.task_id,
             gen,
@@ -360,6 +321,8 @@ class _Poller:
         ):
             log.info("poll %s gen=%d lost the race to another copy; dropped", self.task_id, gen)
             raise _Drop()
+        self.progress(record, fields, now)
+        self.spans.status(fields.get("status", record.status))
         log.info(
             "poll %s try=%d status=%s next_in=%.1fs gen=%d",
             self.task_id,
@@ -374,6 +337,14 @@ class _Poller:
         if slot:
             options["slot"] = True
         _again(self.task, self.task_id, options, decision.countdown_s)
+
+    def progress(self, record: JobRecord, fields: dict[str, Any], now: float) -> None:
+        """The POLLING state of this chain's handle, and the status-change hook (progress.py)."""
+        if self.celery_id and self.celery_id == record.owner:
+            progress.report(self.task, self.celery_id, progress.progress_info(self.task_id, fields, record))
+        change = progress.transition(record, fields)
+        if change is not None:
+            progress.changed(self.settings, record, change, at=now, polls=fields["polls"])
 
     def finish(
         self,
@@ -394,6 +365,8 @@ class _Poller:
             tracked_at=record.tracked_at,
             terminal_at=now,
             error=decision.error,
+            account=record.account,
+            submitted=record.submitted,
         ).wire()
         fields = {
             "status": decision.status,
@@ -410,9 +383,13 @@ class _Poller:
             log.info("poll %s gen=%d lost the terminal race to another copy; dropped", self.task_id, gen)
             raise _Drop()
         log.info("poll %s try=%d status=%s terminal: hand-off", self.task_id, polls, decision.status)
+        self.spans.status(decision.status)
         metrics.outcome(decision.status)
-        fire_handoff(record, outcome, self.settings)
-        return deliver(outcome)
+        admission.job_ended(self.settings, record)
+        if record.raw:
+            fire_beside(record, outcome, self.settings)
+            return deliver(outcome)
+        hand_off(self.task, record, outcome, self.settings)
 
     def follow(self, now: float) -> dict[str, Any]:
         """A second chain for a job that already has one: wait on the record, never call the API."""
@@ -421,11 +398,13 @@ class _Poller:
             # The job record is gone (expired or removed): this chain becomes the owner.
             self.opts = PollOptions(metadata=self.opts.metadata)
             return self.run()
-        if record.state != "polling" and record.outcome:
-            return deliver(record.outcome)
+        ended = record.state == "done" or (record.raw and record.state != "polling")
+        if ended and record.outcome:
+            return deliver(record.outcome)  # the Outcome the downstream steps filled
         due = record.next_due_at or now
         countdown = min(
             max(due - now + 0.25, self.schedule.min_interval_s),
             self.schedule.countdown_cap_s,
         )
-        _again(self.task, self.task_id, {"follow": True}, countdown)
+        with tracing.attached(record.trace):  # a follower's waits hang off the job's root, not a chain
+            _again(self.task, self.task_id, {"follow": True}, countdown)

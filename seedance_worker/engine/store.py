@@ -1,194 +1,59 @@
 """The job store: the only code that reads or writes job state in Redis.
 
-One hash per tracked remote task (``seedance:job:{task_id}``, keys.py lists every key), fenced by a
-generation number ``gen``, plus three sorted sets: ``jobs`` (listing), ``due`` (leases the sweeper
-watches) and ``parked`` (long waits the dispatcher publishes). Every state change is one Lua script
-in ``lua/`` (each opens with its KEYS/ARGV map), so two copies of a poll message (a redelivery, a
-restore after the visibility timeout, a duplicate ``track()``) can never both advance a job: the
-copy whose ``gen`` no longer matches is stale and drops out without calling the API. Other modules
-ask the store by intent (register, begin, advance, finish, touch, complete, claim_overdue,
-claim_due, hint, bind_callback), never by key.
+One hash per tracked remote task (``seedance:job:{task_id}``, keys.py lists every key; record.py
+says what it holds), fenced by a generation number ``gen``, and **one** sorted-set entry per job,
+in the index of where it stands:
 
-Every script takes the fields it writes as one JSON object in ARGV[1] and the task id in ARGV[2].
+- ``due``: a lease the sweeper watches (a countdown message waiting, a poll running, a hand-off);
+- ``parked``: a wait the dispatcher publishes (or a batched round reads) at its score; its lease is
+  that score plus ``SEEDANCE_POLL_LEASE_GRACE_S``, so the sweeper re-drives a parked job no one
+  claimed, as it re-drives an expired lease;
+- ``jobs``: a finished record (state done), by tracked_at, until its TTL runs out.
+
+Every script moves the job's entry from one index to the other in the same step that changes its
+state, so a job in flight costs its small hash and one entry. Listing
+(``all``) reads the in-flight jobs from ``due`` and ``parked`` and the finished ones from ``jobs``.
+
+Every state change is one Lua script in ``lua/`` (each opens with its KEYS/ARGV map), so two copies
+of a poll message (a redelivery, a restore after the visibility timeout, a duplicate ``track()``)
+can never both advance a job: the copy whose ``gen`` no longer matches is stale and drops out
+without calling the API. Other modules ask the store by intent (register, begin, advance, finish,
+touch, complete, claim_overdue, claim_due, hint, bind_callback), never by key. Every script takes
+the fields it writes as one JSON object in ARGV[1] (``''`` deletes a field) and the task id in
+ARGV[2].
+
+Records and indexes written by the layout before this one (every job in ``jobs`` from its
+registration, a parked job in ``due`` and ``parked`` at once, zero-valued fields and a ``task_id``
+field in the hash) are read as they are and converge as they move: each script leaves one entry,
+an advance drops the old fields, and the sweeper's rolling trim of ``jobs`` drops the ids of jobs
+still in flight (tests/e2e/test_upgrade.py drives such state to the end). While old and new workers
+run side by side, one gap is left: an old dispatcher's claim drops a parked entry without leaving
+a lease, so if that worker dies between its claim and its publish, a job parked by a new worker is
+not re-driven. Stop old workers with a warm shutdown (SIGTERM), not a kill, while upgrading.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 
 from seedance_worker import connections, keys, scripts
+from seedance_worker.engine.record import Begun, JobRecord, encode_fields, fmt_time
+from seedance_worker.engine.store_rows import Advance, Due, Hint, Overdue, Registration
 from seedance_worker.settings import Settings, get_settings
 
+__all__ = [
+    "ADVANCE_CHUNK", "LAG_WINDOW_S", "Begun", "JobRecord", "JobStore", "encode_fields", "get_store",
+    "reset_stores", "scrape_counts",
+]  # fmt: skip
+
 LAG_WINDOW_S = 5.0  # the lag kept is the largest seen over about this long
-
-
-JSON_FIELDS = ("outcome", "metadata", "on_succeeded", "on_failed", "canvas")
-FLOAT_FIELDS = (
-    "tracked_at",
-    "next_due_at",
-    "terminal_at",
-    "not_before",
-    "updated_at",
-    "handoff_at",
-    "created_at",
-)
-INT_FIELDS = (
-    "gen",
-    "polls",
-    "crashes",
-    "error_streak",
-    "status_polls",
-    "terminal_gen",
-    "handoff_fires",
-    "expires_after",
-    "hint_gen",
-)
-
-
-@dataclass
-class JobRecord:
-    task_id: str
-    owner: str = ""
-    state: str = "polling"
-    gen: int = 1
-    polls: int = 0
-    crashes: int = 0
-    error_streak: int = 0
-    status_polls: int = 0
-    status: str | None = None
-    tracked_at: float | None = None
-    next_due_at: float | None = None
-    not_before: float | None = None
-    terminal_at: float | None = None
-    terminal_gen: int | None = None
-    updated_at: float | None = None
-    handoff: str | None = None
-    handoff_at: float | None = None
-    handoff_fires: int = 0
-    last_error: str | None = None
-    end_reason: str | None = None
-    created_at: float | None = None  # of the remote task, for the deadline
-    expires_after: int | None = None  # its execution_expires_after
-    outcome: dict[str, Any] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    on_succeeded: list[Any] | None = None  # None: SEEDANCE_ON_SUCCEEDED at hand-off time
-    on_failed: list[Any] | None = None
-    canvas: dict[str, Any] | None = None  # the caller's poll signature (chain, links) when not track()
-    hint_seen: str | None = None  # the last callback taken for this job (intake.py), for de-duplication
-    hint_gen: int | None = None  # the generation an early poll was last published for
-    callback_nonce: str | None = None  # of the per-task callback URL submit() gave Ark (intake/urls.py)
-
-    @classmethod
-    def from_hash(cls, task_id: str, raw: dict[str, str]) -> JobRecord:
-        known = set(cls.__dataclass_fields__)
-        values: dict[str, Any] = {}
-        for k, v in raw.items():
-            if k not in known or k == "task_id":
-                continue
-            if k in JSON_FIELDS:
-                values[k] = json.loads(v) if v else None
-            elif k in FLOAT_FIELDS:
-                values[k] = float(v) if v != "" else None
-            elif k in INT_FIELDS:
-                values[k] = int(float(v)) if v != "" else None
-            elif k in ("owner", "state"):
-                values[k] = v
-            else:
-                values[k] = v if v != "" else None  # written as '' for None (encode_fields)
-        if values.get("metadata") is None:
-            values["metadata"] = {}
-        return cls(task_id=task_id, **values)
-
-    def public(self) -> dict[str, Any]:
-        """What ``seedance-worker jobs --json`` shows."""
-        return {
-            "task_id": self.task_id,
-            "state": self.state,
-            "status": self.status,
-            "polls": self.polls,
-            "gen": self.gen,
-            "tracked_at": self.tracked_at,
-            "next_due_at": self.next_due_at,
-            "terminal_at": self.terminal_at,
-            "handoff": self.handoff,
-            "last_error": self.last_error,
-            "end_reason": self.end_reason,
-            "metadata": self.metadata,
-            "outcome_status": (self.outcome or {}).get("status"),
-        }
-
-
-def encode_fields(fields: dict[str, Any]) -> str:
-    """The fields a script writes, as the JSON object of strings it takes in ARGV[1]."""
-    out: dict[str, str] = {}
-    for k, v in fields.items():
-        if v is None:
-            out[k] = ""
-        elif k in JSON_FIELDS:
-            out[k] = json.dumps(v, separators=(",", ":"))
-        elif isinstance(v, bool):
-            out[k] = str(int(v))
-        else:
-            out[k] = str(v)
-    return json.dumps(out, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class Registration:
-    created: bool
-    owner: str
-    state: str
-
-
-@dataclass(frozen=True)
-class Begun:
-    """What ``begin`` found: the verdict, the crash count, the record and the 429 cool-down."""
-
-    verdict: str  # ok | stale | missing | terminal | crashloop
-    crashes: int
-    record: JobRecord | None
-    cooldown_s: float
-
-
-@dataclass(frozen=True)
-class Overdue:
-    """A job the sweeper claimed: its lease ran out while polling or handing off."""
-
-    task_id: str
-    state: str
-    gen: int
-    owner: str
-    handoff_fires: int
-    canvas: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Hint:
-    """What ``hint`` decided for a callback: the verdict and, when ``accepted``, the early poll."""
-
-    verdict: str  # ignored | duplicate | unchanged | pending | scheduled | accepted
-    gen: int = 0
-    owner: str = ""
-    countdown_s: float = 0.0
-    canvas: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Due:
-    """A parked poll the dispatcher claimed: publish it for ``due_at``."""
-
-    task_id: str
-    gen: int
-    owner: str
-    due_at: float
-    canvas: dict[str, Any] | None
-
+ADVANCE_CHUNK = 200  # jobs per advance script call: Redis is not held by one for more than ~ms
 
 _SCRIPTS = (
     "register", "begin", "advance", "finish", "complete", "touch", "claim_overdue", "claim_due",
@@ -238,19 +103,27 @@ class JobStore:
         items: list[tuple[str, str]],
         *,
         now: float,
-        lease_at: float,
+        lease_at: float | Sequence[float],
         fields: dict[str, Any],
-        park_at: float = 0.0,
+        park_at: float | Sequence[float] = 0.0,
+        traces: Sequence[str | None] | None = None,
     ) -> list[Registration]:
-        """``register`` for many (task_id, owner) pairs, pipelined in batches of 500."""
+        """``register`` for many (task_id, owner) pairs, pipelined in batches of 500.
+        ``lease_at`` and ``park_at`` are one time for all, or one per item (jittered first polls);
+        a job parked (``park_at`` > 0) is indexed in parked only: ``lease_at`` is then unused.
+        ``traces``, one per item, the traceparent of each job's root span (tracing.py)."""
         out: list[Registration] = []
         encoded = encode_fields(fields)
+        leases, parks = _per_item(lease_at, len(items)), _per_item(park_at, len(items))
         for start in range(0, len(items), 500):
             pipe = self.r.pipeline(transaction=False)
-            for task_id, owner in items[start : start + 500]:
+            for i in range(start, min(start + 500, len(items))):
+                task_id, owner = items[i]
+                trace = traces[i] if traces is not None else None
+                own = encode_fields({**fields, "trace": trace}) if trace else encoded
                 self._register(
-                    keys=[keys.job(task_id), keys.JOBS, keys.DUE, keys.PARKED],
-                    args=[encoded, task_id, owner, now, lease_at, park_at],
+                    keys=[keys.job(task_id), keys.DUE, keys.PARKED],
+                    args=[own, task_id, owner, fmt_time(now), leases[i], parks[i]],
                     client=pipe,
                 )
             for created, who, state in pipe.execute():
@@ -269,7 +142,8 @@ class JobStore:
     ) -> Begun:
         """Fence a poll run in one round trip. ``lag_s`` (how late this run started) feeds the
         fleet's lag that the sweeper allows for; ``cooldown_key`` is the account's 429 cool-down."""
-        script_keys = [keys.job(task_id), keys.DUE, keys.LAG] + ([cooldown_key] if cooldown_key else [])
+        script_keys = [keys.job(task_id), keys.DUE, keys.PARKED, keys.LAG]
+        script_keys += [cooldown_key] if cooldown_key else []
         lag = "" if lag_s is None else f"{max(0.0, lag_s):.3f}"
         res = self._begin(
             keys=script_keys, args=["{}", task_id, gen, lease_at, max_crashes, lag, LAG_WINDOW_S]
@@ -281,41 +155,59 @@ class JobStore:
     def advance(
         self, task_id: str, gen: int, *, lease_at: float, fields: dict[str, Any], park_at: float = 0.0
     ) -> bool:
-        """Move a polling job from ``gen`` to ``gen + 1``; False when another copy got there first."""
-        args: list[str | int | float] = [encode_fields(fields), task_id, gen, lease_at, park_at]
-        return bool(self._advance(keys=[keys.job(task_id), keys.DUE, keys.PARKED], args=args))
+        """Move a polling job from ``gen`` to ``gen + 1``; False when another copy got there first.
+        Parked (``park_at`` > 0): its lease is ``park_at`` + the grace, and ``lease_at`` is unused."""
+        return self.advance_many([Advance(task_id, gen, lease_at, fields, park_at)])[0]
+
+    def advance_many(self, items: list[Advance]) -> list[bool]:
+        """``advance`` for every job of a batched round: one script call per 200 jobs, pipelined."""
+        pipe = self.r.pipeline(transaction=False)
+        for start in range(0, len(items), ADVANCE_CHUNK):
+            chunk = items[start : start + ADVANCE_CHUNK]
+            args: list[str | int | float] = []
+            for a in chunk:
+                args += [encode_fields(a.fields), a.task_id, a.gen, a.lease_at, a.park_at]
+            self._advance(keys=[keys.DUE, keys.PARKED, *(keys.job(a.task_id) for a in chunk)], args=args,
+                          client=pipe)  # fmt: skip
+        return [bool(x) for reply in pipe.execute() for x in reply]
 
     def finish(self, task_id: str, gen: int, *, lease_at: float, fields: dict[str, Any]) -> bool:
         """End polling at ``gen`` and enter the hand-off; False when another copy got there first."""
         args: list[str | int | float] = [encode_fields(fields), task_id, gen, lease_at]
-        return bool(self._finish(keys=[keys.job(task_id), keys.DUE], args=args))
+        return bool(self._finish(keys=[keys.job(task_id), keys.DUE, keys.PARKED], args=args))
 
     def complete(self, task_id: str, *, ttl_s: int, fields: dict[str, Any]) -> int:
         """1 done, 2 done again (a re-fired chain), 0 no such job, -1 still polling."""
-        args: list[str | int | float] = [encode_fields(fields), task_id, ttl_s]
-        return int(self._complete(keys=[keys.job(task_id), keys.DUE], args=args))
+        args: list[str | int | float] = [encode_fields(fields), task_id, ttl_s, fmt_time(time.time())]
+        return int(self._complete(keys=[keys.job(task_id), keys.DUE, keys.PARKED, keys.JOBS], args=args))
 
     def touch(self, task_id: str, *, expected_state: str, lease_at: float, fields: dict[str, Any]) -> bool:
         """Extend the lease (and set fields) while the job is in ``expected_state``."""
         args: list[str | int | float] = [encode_fields(fields), task_id, expected_state, lease_at]
         return bool(self._touch(keys=[keys.job(task_id), keys.DUE], args=args))
 
-    def claim_overdue(self, *, before: float, lease_at: float, limit: int = 1000) -> list[Overdue]:
-        """Jobs whose lease ran out before ``before``, each given ``lease_at`` (claimed once)."""
+    def claim_overdue(
+        self, *, before: float, lease_at: float, grace_s: float, limit: int = 1000
+    ) -> list[Overdue]:
+        """Jobs whose lease ran out before ``before`` (a parked job's lease: its due time +
+        ``grace_s``), each given ``lease_at`` in due (claimed once)."""
         flat = self._claim_overdue(
-            keys=[keys.DUE, keys.JOBS], args=["{}", before, lease_at, limit, keys.JOB_PREFIX]
+            keys=[keys.DUE, keys.PARKED], args=["{}", before, lease_at, limit, keys.JOB_PREFIX, grace_s]
         )
         return [
-            Overdue(tid, state, int(gen), owner, int(fires), json.loads(canvas) if canvas else None)
-            for tid, state, gen, owner, fires, canvas in _rows(flat, 6)
+            Overdue(tid, state, int(gen), owner, int(fires), _json(canvas), trace or None)
+            for tid, state, gen, owner, fires, canvas, trace in _rows(flat, 7)
         ]
 
-    def claim_due(self, *, horizon: float, limit: int) -> list[Due]:
-        """Parked polls due before ``horizon``, taken out of the parked index (claimed once)."""
-        flat = self._claim_due(keys=[keys.PARKED], args=["{}", horizon, limit, keys.JOB_PREFIX])
+    def claim_due(self, *, horizon: float, limit: int, grace_s: float) -> list[Due]:
+        """Parked polls due before ``horizon``, moved out of the parked index (claimed once) to a
+        lease in due of their due time + ``grace_s``, so a claimer that dies is re-driven. Each
+        comes with its record (a batched round reads it without another round trip)."""
+        flat = self._claim_due(
+            keys=[keys.PARKED, keys.DUE], args=["{}", horizon, limit, keys.JOB_PREFIX, grace_s]
+        )
         return [
-            Due(tid, int(gen), owner, float(due), json.loads(canvas) if canvas else None)
-            for tid, gen, owner, due, canvas in _rows(flat, 5)
+            Due(JobRecord.from_hash(tid, json.loads(rec)), float(due)) for tid, due, rec in _rows(flat, 3)
         ]
 
     def hint(
@@ -326,14 +218,13 @@ class JobStore:
         job's last poll. Nothing is written for a job that is not tracked or not polling, nor when
         ``nonce`` (of a per-task callback URL) is not the one bound to the job."""
         args: list[str | float] = ["{}", task_id, status, seen, now, min_interval_s, nonce]
-        res = self._hint(keys=[keys.job(task_id)], args=args)
+        res = self._hint(keys=[keys.job(task_id), keys.PARKED], args=args)
         verdict = _s(res[0])
         if verdict != "accepted":
             return Hint(verdict, int(_s(res[1])) if len(res) > 1 else 0)
         canvas = _s(res[4])
-        return Hint(
-            verdict, int(_s(res[1])), _s(res[2]), float(_s(res[3])), json.loads(canvas) if canvas else None
-        )
+        trace = _s(res[5]) if len(res) > 5 else ""
+        return Hint(verdict, int(_s(res[1])), _s(res[2]), float(_s(res[3])), _json(canvas), trace or None)
 
     def bind_callback(self, task_id: str, nonce: str) -> bool:
         """Bind a per-task callback URL's nonce to the job (once); False when there is no job."""
@@ -347,8 +238,9 @@ class JobStore:
         """One step of a rolling scan of the jobs index: drop the ids whose record has expired.
 
         A finished record expires ``SEEDANCE_JOB_TTL_S`` after its hand-off completed; its id would
-        otherwise stay in ``seedance:jobs`` for good (all() only drops the ids it lists). The sweeper
-        calls this every sweep; a pass over N ids takes N / ``count`` sweeps. Returns how many left.
+        otherwise stay in ``seedance:jobs`` for good (all() only drops the ids it lists). Ids of jobs
+        in flight (the layout before this one indexed them here too) go as well. The sweeper calls
+        this every sweep; a pass over N ids takes N / ``count`` sweeps. Returns how many left.
         """
         cursor, items = self.r.zscan(keys.JOBS, self.index_cursor, count=count)
         self.index_cursor = int(cursor)
@@ -367,19 +259,19 @@ class JobStore:
             return 0.0
         return float(lag)
 
-    def counts(self, now: float) -> tuple[int, int]:
+    def counts(self, now: float, *, grace_s: float) -> tuple[int, int]:
         """(jobs in flight, of them with an expired lease): for the metrics."""
         pipe = self.r.pipeline(transaction=False)
         pipe.zcard(keys.DUE)
+        pipe.zcard(keys.PARKED)
         pipe.zcount(keys.DUE, "-inf", now)
-        inflight, expired = pipe.execute()
-        return int(inflight), int(expired)
+        pipe.zcount(keys.PARKED, "-inf", now - grace_s)
+        leased, parked, leased_out, parked_out = pipe.execute()
+        return int(leased) + int(parked), int(leased_out) + int(parked_out)
 
     def get(self, task_id: str) -> JobRecord | None:
-        raw = self.r.hgetall(keys.job(task_id))
-        if not raw:
-            return None
-        return JobRecord.from_hash(task_id, {_s(k): _s(v) for k, v in raw.items()})
+        records = self.get_many([task_id])
+        return records[0] if records else None
 
     def known(self, task_ids: list[str]) -> set[str]:
         """The ids among ``task_ids`` that have a job record (in flight, or finished within its TTL)."""
@@ -388,26 +280,56 @@ class JobStore:
             pipe.exists(keys.job(tid))
         return {tid for tid, n in zip(task_ids, pipe.execute(), strict=True) if n}
 
-    def all(self, limit: int = 1000) -> list[JobRecord]:
-        ids = [_s(x) for x in self.r.zrevrange(keys.JOBS, 0, limit - 1)]
+    def get_many(self, task_ids: list[str]) -> list[JobRecord]:
+        """The records of these ids that exist, in one round trip; a parked job's ``next_due_at``
+        is its parked score."""
         pipe = self.r.pipeline(transaction=False)
-        for tid in ids:
+        for tid in task_ids:
             pipe.hgetall(keys.job(tid))
+            pipe.zscore(keys.PARKED, tid)
+        answers = pipe.execute()
         out = []
-        stale = []
-        for tid, raw in zip(ids, pipe.execute(), strict=True):
+        for tid, raw, parked_at in zip(task_ids, answers[::2], answers[1::2], strict=True):
             if raw:
-                out.append(JobRecord.from_hash(tid, {_s(k): _s(v) for k, v in raw.items()}))
-            else:
-                stale.append(tid)
+                rec = JobRecord.from_hash(tid, {_s(k): _s(v) for k, v in raw.items()})
+                if rec.next_due_at is None and parked_at is not None and rec.state == "polling":
+                    rec.next_due_at = float(parked_at)
+                out.append(rec)
+        return out
+
+    def all(self, limit: int = 1000) -> list[JobRecord]:
+        """Up to ``limit`` records, newest tracked first: the jobs in flight (those next due first
+        when there are more) and the newest finished ones."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrange(keys.DUE, 0, limit - 1)
+        pipe.zrange(keys.PARKED, 0, limit - 1)
+        pipe.zrevrange(keys.JOBS, 0, limit - 1)
+        leased, parked, finished = ([_s(x) for x in ids] for ids in pipe.execute())
+        ids = list(dict.fromkeys([*leased, *parked, *finished]))
+        records = self.get_many(ids)
+        found = {rec.task_id for rec in records}
+        stale = [tid for tid in finished if tid not in found]
         if stale:  # records expired after their TTL: drop them from the index too
             self.r.zrem(keys.JOBS, *stale)
-        return out
+        records.sort(key=lambda rec: rec.tracked_at or 0.0, reverse=True)
+        return records[:limit]
 
 
 def _rows(flat: list[Any], width: int) -> list[list[str]]:
     items = [_s(x) for x in flat]
     return [items[i : i + width] for i in range(0, len(items), width)]
+
+
+def _per_item(value: float | Sequence[float], n: int) -> list[float]:
+    if isinstance(value, int | float):
+        return [float(value)] * n
+    if len(value) != n:
+        raise ValueError(f"{len(value)} times for {n} items")
+    return [float(v) for v in value]
+
+
+def _json(text: str) -> Any:
+    return json.loads(text) if text else None
 
 
 def _s(value: Any) -> str:
@@ -435,10 +357,12 @@ def reset_stores() -> None:
     connections.reset()
 
 
-def scrape_counts(redis_url: str) -> Callable[[float], tuple[int, int]]:
+def scrape_counts(settings: Settings) -> Callable[[float], tuple[int, int]]:
     """``counts`` over a client of its own with short timeouts: a metrics scrape must not hang
     for the store's 30 s socket timeout while Redis is away."""
-    client = redis.Redis.from_url(
-        redis_url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
+    client = connections.redis_client(
+        settings, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
     )
-    return JobStore(client).counts
+    store = JobStore(client)
+    grace_s = settings.poll_lease_grace_s
+    return lambda now: store.counts(now, grace_s=grace_s)

@@ -2,7 +2,9 @@
 
 The video is streamed from the signed ``content.video_url`` into a partial file while its sha256 is
 computed (``fetch.py``), checked against ``Content-Length`` and made visible under ``<task_id>.mp4``
-by an atomic rename (``storage.py``). Right after the rename the result is kept in Redis::
+by an atomic rename (``storage.py``), or, when ``SEEDANCE_DOWNLOAD_DIR`` is ``s3://bucket/prefix``,
+streamed as a multipart upload whose completion is the commit (``storage_s3.py``). Right after the
+commit the result is kept in Redis::
 
     seedance:video:{task_id}  string, JSON {"uri", "sha256", "bytes", "content_type",
                                             "last_frame_uri", "stored_at"}  (TTL SEEDANCE_JOB_TTL_S)
@@ -20,6 +22,13 @@ Faults and what happens:
 * 5xx/429 from storage, or more drops than ``fetch.MAX_RESUMES``: ``self.retry`` (the chain is kept),
   at most ``MAX_RETRIES`` times; a partial file is kept so the retry resumes it;
 * a full disk (ENOSPC, EFBIG): retried like a 5xx (kind ``storage_full``);
+* the URL refresh held by the API's 429 (``Retry-After``, the fleet's cool-down): retried after it
+  without spending one of the ``MAX_RETRIES`` (a 429 says nothing about the download; at most
+  ``MAX_HOLDS`` such holds), so a disk that was full for a while and a 429 burst do not add up to
+  a recorded error;
+* S3 (``storage_s3.py``): a 5xx, throttling or an unreachable endpoint is retried like a 5xx, an
+  S3 4xx (AccessDenied, NoSuchBucket, a bad signature) is recorded, both as kind ``storage_error``;
+  the same object being uploaded by another attempt is ``busy`` and retried;
 * host not allowed or private, malformed URL, body too large, not a video, bad length, URL expired
   for good, or any other error (``failures.classify``): nothing is raised; the error goes to
   ``outcome.step_errors["download"]`` and ``video`` stays ``null`` so the rest of the chain (charge,
@@ -62,6 +71,7 @@ from seedance_worker.steps.urls import download_session, shown
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 5
+MAX_HOLDS = 20  # retries for a 429 cool-down, not counted in MAX_RETRIES
 REFRESH_ATTEMPTS = 4  # GETs of the task per URL refresh before the task itself is retried
 MAX_URL_REFRESHES = 2
 VIDEO_SUFFIX = ".mp4"
@@ -70,6 +80,17 @@ LAST_FRAME_SUFFIXES = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".w
 
 def video_key(task_id: str) -> str:
     return keys.video(task_id)
+
+
+def storage_for(settings: Settings) -> Storage:
+    """Where this deployment's files go: ``s3://bucket/prefix`` or a local directory."""
+    target = settings.download_dir
+    if isinstance(target, str):  # the settings keep only s3:// URIs as strings
+        # Imported here: a worker storing to a local directory never loads boto3 (~20 MB).
+        from seedance_worker.steps.storage_s3 import S3Storage
+
+        return S3Storage(target, settings)
+    return LocalStorage(target)
 
 
 @dataclass(frozen=True)
@@ -224,7 +245,7 @@ def drop_partial(storage: Storage, name: str) -> None:
     """Remove the partial file of a download we give up on (unless another worker is writing it)."""
     try:
         tmp = storage.open_partial(name)
-    except (StorageBusy, DownloadError, OSError):
+    except (StorageBusy, DownloadError, OSError, Transient):
         return
     storage.discard(tmp)
 
@@ -310,7 +331,8 @@ def fetch_outputs(
     out: Outcome, settings: Settings, storage: Storage | None = None
 ) -> tuple[VideoFile, dict[str, dict[str, Any]]]:
     """Download the video (and last frame) of a succeeded outcome; returns it and non-fatal errors."""
-    storage = storage or LocalStorage(settings.download_dir)
+    settings = settings.for_account(out.account)  # a fresh URL is asked of the task's own account
+    storage = storage or storage_for(settings)
     task_id = out.task_id
     name = file_name(task_id, VIDEO_SUFFIX)  # refuses a hostile id before anything else happens
     done = stored_video(task_id, settings, storage)
@@ -352,25 +374,42 @@ def retry_countdown(retries: int, cap_s: float = 300.0) -> float:
     return min(float(min(5 * 2**retries, 300)) * random.uniform(0.8, 1.2), cap_s)
 
 
-def _retry_or_record(task: Task, out: Outcome, failure: Failure, settings: Settings) -> dict[str, Any]:
+def next_attempt(retries: int, holds: int, failure: Failure, cap_s: float) -> tuple[float, int] | None:
+    """(countdown, holds) of the next attempt, or None: record the error.
+
+    ``retries`` is Celery's count of earlier attempts and ``holds`` how many of them waited out the
+    API's 429 (``failure.not_before_s``): those are not counted against ``MAX_RETRIES``.
+    """
+    hold = failure.not_before_s > 0 and holds < MAX_HOLDS
+    counted = max(0, retries - holds)
+    if not hold and counted >= MAX_RETRIES:
+        return None
+    countdown = min(max(retry_countdown(counted, cap_s), failure.not_before_s + 0.1), cap_s)
+    return countdown, holds + 1 if hold else holds
+
+
+def _retry_or_record(
+    task: Task, out: Outcome, failure: Failure, settings: Settings, holds: int
+) -> dict[str, Any]:
     """``self.retry`` with backoff while retries are left; then the error is recorded."""
     retries = int(task.request.retries or 0)
-    if retries < MAX_RETRIES:
-        countdown = retry_countdown(retries, settings.poll_countdown_cap_s)
-        countdown = min(max(countdown, failure.not_before_s + 0.1), settings.poll_countdown_cap_s)
-        log.warning(
-            "download task=%s: %s; retry %d/%d in %.0fs",
-            out.task_id,
-            failure.message,
-            retries + 1,
-            MAX_RETRIES,
-            countdown,
-        )
+    plan = next_attempt(retries, holds, failure, settings.poll_countdown_cap_s)
+    if plan is not None:
+        countdown, next_holds = plan
+        tid, why = out.task_id, failure.message
+        if next_holds > holds:
+            log.info("download task=%s: %s; waiting it out (hold %d/%d), retry in %.0fs",
+                     tid, why, next_holds, MAX_HOLDS, countdown)  # fmt: skip
+        else:
+            log.warning("download task=%s: %s; retry %d/%d in %.0fs",
+                        tid, why, retries - holds + 1, MAX_RETRIES, countdown)  # fmt: skip
         # The chain is waiting, not lost: keep the sweeper from re-firing it meanwhile.
         extend_lease(out.task_id, settings, extra_s=countdown)
-        raise task.retry(countdown=countdown, max_retries=MAX_RETRIES) from None
-    drop_partial(LocalStorage(settings.download_dir), file_name(out.task_id, VIDEO_SUFFIX))
-    gave_up = Failure(failure.kind, f"{failure.message} (gave up after {retries + 1} attempts)")
+        raise task.retry(
+            countdown=countdown, max_retries=MAX_RETRIES + MAX_HOLDS, kwargs={"holds": next_holds}
+        ) from None
+    drop_partial(storage_for(settings), file_name(out.task_id, VIDEO_SUFFIX))
+    gave_up = Failure(failure.kind, f"{failure.message} (gave up after {retries - holds + 1} attempts)")
     return _record_error(out, gave_up)
 
 
@@ -379,11 +418,13 @@ def _retry_or_record(task: Task, out: Outcome, failure: Failure, settings: Setti
     name="seedance.download_video",
     acks_late=True,
     reject_on_worker_lost=True,
-    max_retries=MAX_RETRIES,
+    max_retries=MAX_RETRIES + MAX_HOLDS,
 )
 @survive_redis_outage
-def download_video(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
-    """Outcome in, Outcome out with ``video`` filled (or ``step_errors["download"]`` recorded)."""
+def download_video(self: Task, outcome: dict[str, Any], holds: int = 0) -> dict[str, Any]:
+    """Outcome in, Outcome out with ``video`` filled (or ``step_errors["download"]`` recorded).
+
+    ``holds``: earlier attempts that waited out a 429 (set by the step's own retries)."""
     out = Outcome.model_validate(outcome)
     if not out.succeeded:
         return outcome
@@ -395,7 +436,7 @@ def download_video(self: Task, outcome: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         failure = classify(exc)
         if failure.transient:
-            return _retry_or_record(self, out, failure, settings)
+            return _retry_or_record(self, out, failure, settings, holds)
         return _record_error(out, failure)
     out.video = video
     out.step_errors.pop("download", None)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -421,8 +420,7 @@ class _Fetch:
             self._sniff()  # refuse an error page before the rest of it is fetched
 
     def _sniff(self) -> None:
-        self.tmp.fh.flush()
-        check_signature(os.pread(self.tmp.fh.fileno(), SNIFF_BYTES, 0), self.kind, self.where)
+        check_signature(self.tmp.head(SNIFF_BYTES), self.kind, self.where)
 
     def finish(self, total: int | None, media_type: str) -> tuple[str, int, str]:
         """(sha256, bytes, content type) once the body is all there; a short body resumes."""

@@ -16,7 +16,7 @@ against them, and a partial file without one is restarted from byte 0.
 
 Names come from remote task ids only (``file_name``): anything outside ``[A-Za-z0-9._:-]`` is refused
 and the resolved path must stay directly inside the root, so neither ``..`` nor an absolute path nor a
-symlink can place a file elsewhere. An fsspec/S3 backend can implement the same protocol.
+symlink can place a file elsewhere. ``storage_s3.py`` implements the same protocol for S3.
 """
 
 from __future__ import annotations
@@ -58,6 +58,14 @@ class PartialFile:
     offset: int
     meta: dict[str, Any] = field(default_factory=dict)  # what the server said about these bytes
 
+    def head(self, n: int) -> bytes:
+        """The first ``n`` bytes written so far (an S3 upload keeps them: it cannot be read back)."""
+        kept = getattr(self.fh, "head", None)
+        if callable(kept):
+            return bytes(kept(n))
+        self.fh.flush()
+        return os.pread(self.fh.fileno(), n, 0)
+
 
 @runtime_checkable
 class Storage(Protocol):
@@ -77,8 +85,6 @@ class Storage(Protocol):
 
     def uri(self, name: str) -> str: ...
 
-    def path(self, name: str) -> Path: ...
-
 
 def file_name(task_id: str, suffix: str) -> str:
     """``<task_id><suffix>`` for a well-formed remote task id; DownloadError(kind=bad_task_id) else."""
@@ -90,6 +96,21 @@ def file_name(task_id: str, suffix: str) -> str:
         ) from None
     safe = task_id.replace(":", "_") if os.name == "nt" else task_id
     return safe + suffix
+
+
+def check_name(name: str) -> str:
+    """``name`` when it is one plain, visible file name (no path, no dot file); DownloadError else."""
+    if (
+        not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or os.path.isabs(name)
+    ):
+        raise DownloadError(f"refusing unsafe file name {name!r}", "bad_task_id")
+    return name
 
 
 class LocalStorage:
@@ -107,16 +128,7 @@ class LocalStorage:
 
     def path(self, name: str) -> Path:
         """The final path of ``name``; refuses anything that would not sit directly inside the root."""
-        if (
-            not name
-            or name in (".", "..")
-            or name.startswith(".")
-            or "/" in name
-            or "\\" in name
-            or "\x00" in name
-            or os.path.isabs(name)
-        ):
-            raise DownloadError(f"refusing unsafe file name {name!r}", "bad_task_id")
+        check_name(name)
         root = self._root()
         candidate = root / name
         # resolve() follows a symlink planted under the final name: it must still land in root.

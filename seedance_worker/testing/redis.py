@@ -43,11 +43,17 @@ def redis_server_binary() -> str:
 
 class EmbeddedRedis:
     def __init__(
-        self, *, port: int | None = None, appendonly: bool = False, workdir: str | None = None
+        self,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        workdir: str | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
         self.dir = workdir or tempfile.mkdtemp(prefix="seedance-redis-")
+        self.extra_args = list(extra_args or [])  # e.g. ["--replicaof", "127.0.0.1", "6379"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,6 +75,7 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--maxmemory-policy", "noeviction",
             "--logfile", str(Path(self.dir) / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s

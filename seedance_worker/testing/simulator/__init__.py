@@ -46,6 +46,13 @@ normally, so a client read timeout fires while the server still did the work), `
 429 ``RateLimitExceeded.EndpointRPMExceeded``), plus ``sim.burst_429(...)`` and
 ``sim.rate_limit_task(...)``.  Faults apply to file downloads only with ``faults_apply_to_files``.
 
+List (a multi-id read): repeated ``filter.task_ids``, ``filter.status``, ``filter.model``,
+``filter.service_tier`` (flex tasks only with ``flex``), ``page_num`` and ``page_size`` in
+[1, 500] (default 10), tasks created within ``list_window_s`` (7 days), newest first, ``total``
+counted before paging.  ``list_refusal`` (404 or 405) answers every list like a gateway without
+one; ``list_rps_limit`` / ``list_rps_burst`` rate-limit list calls on their own;
+``list_requires_model`` wants ``filter.model`` (a key with Custom permissions).
+
 Every request is recorded (``sim.requests()``) without the ``Authorization`` value; every callback
 attempt is recorded in ``sim.callbacks_sent``; ``sim.add_response_observer(fn)`` sees the status
 and headers of each response (a 429's ``Retry-After``, say) just before it is written.

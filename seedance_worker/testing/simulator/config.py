@@ -60,6 +60,12 @@ class SimConfig:
     seed: int | None = None
     rps_limit: float | None = None  # token bucket refill rate, requests per second
     rps_burst: float | None = None  # bucket size; default max(1, rps_limit)
+    # the list endpoint (GET /contents/generations/tasks)
+    list_refusal: int | None = None  # 404 or 405: answer list like a proxy that lacks the endpoint
+    list_rps_limit: float | None = None  # a token bucket for list calls only (on top of rps_limit)
+    list_rps_burst: float | None = None  # its size; default max(1, list_rps_limit)
+    list_window_s: float = 7 * 86400.0  # list covers tasks created this long ago at most
+    list_requires_model: bool = False  # a key with Custom permissions: filter.model is required
     # callbacks
     callback_timeout_s: float = 5.0
     callback_retries: int = 3  # extra attempts for succeeded/failed when no 2xx arrives
@@ -73,6 +79,8 @@ class SimConfig:
             self.api_keys = frozenset(self.api_keys)
         if self.default_fate not in FATES:
             raise ValueError(f"default_fate must be one of {sorted(FATES)}, not {self.default_fate!r}")
+        if self.list_refusal not in (None, 404, 405):
+            raise ValueError(f"list_refusal must be None, 404 or 405, not {self.list_refusal!r}")
 
 
 @dataclass(frozen=True)

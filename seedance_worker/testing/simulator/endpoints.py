@@ -7,7 +7,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from seedance_worker.testing.simulator.config import LIST_STATUSES, RequestKind, Shared, SimConfig
+from seedance_worker.testing.simulator.config import (
+    LIST_STATUSES,
+    TASKS_PATH,
+    RequestKind,
+    Shared,
+    SimConfig,
+)
 from seedance_worker.testing.simulator.faults import FaultGate
 from seedance_worker.testing.simulator.state import Jobs, Script, TaskBook
 from seedance_worker.testing.simulator.task import Task
@@ -29,10 +35,21 @@ def _check_auth(auth: str | None, cfg: SimConfig) -> None:
         )
 
 
-class _ListQuery:
-    """The list endpoint's query string, checked the way the live service checks it."""
+def _list_refused(status: int) -> ApiError:
+    # What a gateway without the list route answers: no Ark envelope semantics behind it.
+    code = "NotFound" if status == 404 else "MethodNotAllowed"
+    return ApiError(status, code, f"GET {TASKS_PATH} is not supported.", "")
 
-    def __init__(self, query: dict[str, list[str]]) -> None:
+
+class _ListQuery:
+    """The list endpoint's query string, checked the way the live service checks it.
+
+    ``page_size`` defaults to 10 (what the SDK example sends; the API's own default is not
+    documented); ``filter.service_tier`` to ``default``, so flex tasks are listed only when asked
+    for; only tasks created within ``list_window_s`` (7 days) are covered.
+    """
+
+    def __init__(self, query: dict[str, list[str]], cfg: SimConfig) -> None:
         self._query = query
         self.page_num = self._int_param("page_num", 1)
         self.page_size = self._int_param("page_size", 10)
@@ -42,6 +59,12 @@ class _ListQuery:
                 raise invalid("filter.status", f"unknown status {s!r}")
         self.ids = {i for v in query.get("filter.task_ids", []) for i in v.split(",") if i}
         self.model = self._last("filter.model")
+        if self.model is None and cfg.list_requires_model:
+            raise ApiError(
+                400, "MissingParameter", "The parameter filter.model is required for this API key.",
+                "filter.model",
+            )  # fmt: skip
+        self.window_s = cfg.list_window_s
         self.tier = self._last("filter.service_tier") or "default"
         if self.tier not in ("default", "flex"):
             raise invalid("filter.service_tier", "must be one of default, flex")
@@ -62,9 +85,10 @@ class _ListQuery:
             raise invalid(name, "value must be in [1, 500]")
         return n
 
-    def matches(self, t: Task) -> bool:
+    def matches(self, t: Task, now: float) -> bool:
         return (
-            (not self.statuses or t.status in self.statuses)
+            t.created_at > now - self.window_s
+            and (not self.statuses or t.status in self.statuses)
             and (not self.ids or t.id in self.ids)
             and (self.model is None or t.model == self.model)
             and t.request.get("service_tier", "default") == self.tier
@@ -91,6 +115,8 @@ class TaskApi:
     ) -> Reply:
         if cfg.latency_s > 0:
             time.sleep(cfg.latency_s)
+        if kind == "list" and cfg.list_refusal is not None:
+            raise _list_refused(cfg.list_refusal)
         _check_auth(auth, cfg)
         with self._shared.lock:
             fault = self._faults.decide(kind, task_id, cfg)
@@ -102,7 +128,7 @@ class TaskApi:
             elif kind == "get":
                 status, body, tid = self._get(task_id or "", cfg)
             elif kind == "list":
-                status, body = self._list(query)
+                status, body = self._list(query, cfg)
                 tid = None
             else:
                 status, body, tid = self._delete(task_id or "", cfg)
@@ -158,11 +184,16 @@ class TaskApi:
 
         return 200, self._book.run(op), task_id
 
-    def _list(self, query: dict[str, list[str]]) -> tuple[int, Any]:
-        q = _ListQuery(query)
+    def _list(self, query: dict[str, list[str]], cfg: SimConfig) -> tuple[int, Any]:
+        q = _ListQuery(query, cfg)
 
         def op(now: float, jobs: Jobs) -> dict[str, Any]:
-            matches = [t for t in self._book.tasks.values() if q.matches(t)]
+            if q.ids and len(q.ids) < len(self._book.tasks):
+                found = (self._book.tasks.get(i) for i in q.ids)
+                pool = [t for t in found if t is not None]
+            else:
+                pool = list(self._book.tasks.values())
+            matches = [t for t in pool if q.matches(t, now)]
             matches.sort(key=lambda t: (t.created_at, t.seq), reverse=True)
             page = matches[(q.page_num - 1) * q.page_size : q.page_num * q.page_size]
             return {"items": [self._book.body_locked(t, now) for t in page], "total": len(matches)}

@@ -1,5 +1,6 @@
 """Which injected fault a task-API request meets: 429 bursts and per-task limits set by the test,
-the ``rps_limit`` token bucket, and the random 5xx / 429 / timeout / malformed draws.
+the ``rps_limit`` token bucket (and ``list_rps_limit``'s, for list calls only), and the random
+5xx / 429 / timeout / malformed draws.
 """
 
 from __future__ import annotations
@@ -18,6 +19,28 @@ def bucket_size(cfg: SimConfig) -> float:
     return cfg.rps_burst if cfg.rps_burst is not None else max(1.0, cfg.rps_limit)
 
 
+def list_bucket_size(cfg: SimConfig) -> float:
+    if cfg.list_rps_limit is None:
+        return 0.0
+    return cfg.list_rps_burst if cfg.list_rps_burst is not None else max(1.0, cfg.list_rps_limit)
+
+
+class _Bucket:
+    """A token bucket refilled at ``rate`` per second up to ``size``; a request takes one token."""
+
+    def __init__(self, size: float) -> None:
+        self.tokens = size
+        self.at = time.monotonic()
+
+    def take(self, rate: float, size: float, fault: str) -> None:
+        mono = time.monotonic()
+        self.tokens = min(size, self.tokens + (mono - self.at) * rate)
+        self.at = mono
+        if self.tokens < 1.0:
+            raise rate_limited(max(1, math.ceil((1.0 - self.tokens) / rate)), fault)
+        self.tokens -= 1.0
+
+
 class FaultGate:
     """The fault state; every method expects the caller to hold the simulator's lock.
 
@@ -27,8 +50,8 @@ class FaultGate:
 
     def __init__(self, cfg: SimConfig) -> None:
         self._rng = random.Random(cfg.seed)
-        self._tokens = bucket_size(cfg)
-        self._tokens_at = time.monotonic()
+        self._bucket = _Bucket(bucket_size(cfg))
+        self._list_bucket = _Bucket(list_bucket_size(cfg))
         self._burst_until = 0.0
         self._burst_retry_after = 1
         self._task_limits: dict[str, tuple[float, int]] = {}
@@ -37,9 +60,9 @@ class FaultGate:
         self._rng = random.Random(seed)
 
     def refill(self, cfg: SimConfig) -> None:
-        """A full bucket for a changed ``rps_limit`` / ``rps_burst``."""
-        self._tokens = bucket_size(cfg)
-        self._tokens_at = time.monotonic()
+        """Full buckets for a changed ``rps_limit`` / ``rps_burst`` (or their ``list_`` twins)."""
+        self._bucket = _Bucket(bucket_size(cfg))
+        self._list_bucket = _Bucket(list_bucket_size(cfg))
 
     def burst(self, duration_s: float, retry_after_s: int) -> None:
         self._burst_until = time.monotonic() + duration_s
@@ -67,13 +90,9 @@ class FaultGate:
                 raise rate_limited(ra, "429_task")
             del self._task_limits[task_id]
         if cfg.rps_limit is not None and cfg.rps_limit > 0:
-            size = bucket_size(cfg)
-            self._tokens = min(size, self._tokens + (mono - self._tokens_at) * cfg.rps_limit)
-            self._tokens_at = mono
-            if self._tokens < 1.0:
-                wait = max(1, math.ceil((1.0 - self._tokens) / cfg.rps_limit))
-                raise rate_limited(wait, "rps_limit")
-            self._tokens -= 1.0
+            self._bucket.take(cfg.rps_limit, bucket_size(cfg), "rps_limit")
+        if kind == "list" and cfg.list_rps_limit is not None and cfg.list_rps_limit > 0:
+            self._list_bucket.take(cfg.list_rps_limit, list_bucket_size(cfg), "list_rps_limit")
         if cfg.timeout_rate > 0 and self._rng.random() < cfg.timeout_rate:
             return "timeout"
         if cfg.error_rate_5xx > 0 and self._rng.random() < cfg.error_rate_5xx:

@@ -159,7 +159,7 @@ class Simulator:
             new = dataclasses.replace(self._shared.config, **kw)
             if "seed" in kw:
                 self._faults.reseed(new.seed)
-            if "rps_limit" in kw or "rps_burst" in kw:
+            if {"rps_limit", "rps_burst", "list_rps_limit", "list_rps_burst"} & set(kw):
                 self._faults.refill(new)
             if "max_log_records" in kw:
                 self._front.log = collections.deque(self._front.log, maxlen=new.max_log_records)

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from seedance_worker.testing.simulator.validate import PIXELS, family, is_int
+from seedance_worker.testing.simulator.validate import family, is_int
+from seedance_worker.tokens import sizes_for, video_tokens
 
 
 @dataclass
@@ -81,8 +82,10 @@ def echo_fields(task_id: str, model: str, req: Mapping[str, Any]) -> tuple[dict[
         echo["output_format"] = req.get("output_format", "mp4")
     if "tools" in req:
         echo["tools"] = req["tools"]
-    tokens = PIXELS.get(resolution, PIXELS["720p"]) * n_frames // 1024
-    return echo, tokens
+    # Ark's formula (tokens.py), on the size the model renders at this resolution and ratio.
+    sizes = sizes_for(model)
+    width, height = sizes.get(resolution, sizes["720p"]).get(ratio, sizes["720p"]["16:9"])
+    return echo, video_tokens(n_frames, width, height)
 
 
 def render(t: Task) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from typing import Any
 
 from seedance_worker.testing.simulator.config import SimConfig
 from seedance_worker.testing.simulator.wire import ApiError
+from seedance_worker.tokens import model_family
 
-PIXELS = {"480p": 864 * 480, "720p": 1280 * 720, "1080p": 1920 * 1080, "4k": 3840 * 2160}
-_RESOLUTIONS = frozenset(PIXELS)
+_RESOLUTIONS = frozenset({"480p", "720p", "1080p", "4k"})
 _RATIOS = frozenset({"16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive"})
 _MARKER_RE = re.compile(r"\[(fail(?::([A-Za-z0-9_.\-]+))?|expire|succeed|slow)\]", re.IGNORECASE)
 # Fields only some families accept (checked with strict_model_fields).
@@ -29,11 +29,7 @@ _PER_FAMILY = {
 
 
 def family(model: str) -> str | None:
-    m = model.lower()
-    for tag, fam in (("2-5", "2.5"), ("2-0", "2.0"), ("1-5", "1.5"), ("1-0", "1.0")):
-        if f"seedance-{tag}" in m:
-            return fam
-    return None
+    return model_family(model)
 
 
 def is_int(v: Any) -> bool:

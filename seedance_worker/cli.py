@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from seedance_worker import errors
+from seedance_worker.cli_ledger import add_ledger_parser
 from seedance_worker.version import __version__
 
 EXIT_OK = 0
@@ -40,7 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     validate_task_id(args.task_id)
     try:
-        snap = get_client().get_task(args.task_id)
+        snap = get_client(None, args.account).get_task(args.task_id)
     except errors.TaskNotFound as exc:
         print(f"seedance-worker: task {args.task_id} not found ({exc})", file=sys.stderr)
         return EXIT_FAILED
@@ -56,6 +57,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _step_errors_note(step_errors: dict[str, Any]) -> str:
+    if not step_errors:
+        return ""
+    kinds = ", ".join(f"{step}: {(err or {}).get('kind') or 'error'}" for step, err in step_errors.items())
+    return f" (step errors: {kinds})"
+
+
 def _wait_outcomes(results: Sequence[Any], timeout_s: float | None, as_json: bool) -> int:
     code = EXIT_OK
     for res in results:
@@ -64,17 +72,20 @@ def _wait_outcomes(results: Sequence[Any], timeout_s: float | None, as_json: boo
         except errors.GenerationFailed as exc:
             outcome = exc.outcome.wire()
             code = EXIT_FAILED
+        step_errors = outcome.get("step_errors") or {}
+        if step_errors:
+            code = EXIT_FAILED  # a paid video that was not stored (or not charged, not notified)
         if as_json:
             _print_json(outcome)
         else:
-            print(f"{outcome['task_id']}: {outcome['status']}")
+            print(f"{outcome['task_id']}: {outcome['status']}{_step_errors_note(step_errors)}")
     return code
 
 
 def cmd_track(args: argparse.Namespace) -> int:
     from seedance_worker.track import track_many
 
-    results = track_many(args.task_ids, metadata=args.metadata)
+    results = track_many(args.task_ids, metadata=args.metadata, account=args.account)
     for tid, res in zip(args.task_ids, results, strict=True):
         print(f"tracking {tid} (poll chain {res.id})")
     if args.wait:
@@ -92,35 +103,69 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if i < len(roles):
             item["role"] = roles[i]
         content.append(item)
+    for url in args.video or []:
+        content.append({"type": "video_url", "video_url": {"url": url}, "role": "reference_video"})
     fields: dict[str, Any] = {}
     for name in ("resolution", "ratio", "duration", "service_tier"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
     remote_id, result = submit(
-        args.model, content, idempotency_key=args.idempotency_key, metadata=args.metadata, **fields
+        args.model,
+        content,
+        idempotency_key=args.idempotency_key,
+        metadata=args.metadata,
+        account=args.account,
+        reserve=args.reserve,
+        **fields,
     )
-    print(remote_id)
+    # Waiting for an admission slot: no remote id yet, the handle's id instead.
+    print(remote_id or f"waiting {result.id}")
     if args.wait:
         return _wait_outcomes([result], args.timeout, args.json)
     return EXIT_OK
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from seedance_worker.cancel import cancel
+
+    code = EXIT_OK
+    for tid in args.task_ids:
+        res = cancel(tid, stop_tracking=args.stop_tracking)
+        if not res.ended:
+            code = EXIT_FAILED
+        if args.json:
+            _print_json({"task_id": res.task_id, "result": res.result, "message": res.message})
+        else:
+            print(f"{res.task_id}: {res.result}: {res.message}")
+    return code
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from seedance_worker.engine.admission import waiting
     from seedance_worker.engine.store import get_store
+    from seedance_worker.settings import get_settings
 
     records = get_store().all(limit=args.limit)
+    queued = waiting(get_settings(), limit=args.limit)
     if args.json:
-        _print_json([r.public() for r in records])
+        _print_json([r.public() for r in records] + queued)
         return EXIT_OK
     from rich.table import Table
 
+    if queued:
+        _console().print(_waiting_table(queued))
+
     table = Table(title=f"{len(records)} tracked jobs")
-    for col in ("task id", "state", "status", "polls", "next poll", "hand-off", "last error"):
+    # The account column only when some job is not the default account's.
+    accounts = any(r.account for r in records)
+    for col in ("task id", *(("account",) if accounts else ()), "state", "status", "polls", "next poll",
+                "hand-off", "last error"):  # fmt: skip
         table.add_column(col)
     for r in records:
         table.add_row(
             r.task_id,
+            *((r.account or "default",) if accounts else ()),
             r.state,
             str(r.status or "-"),
             str(r.polls),
@@ -132,6 +177,19 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _waiting_table(queued: list[dict[str, Any]]) -> Any:
+    """Submissions waiting for an admission slot (not created yet: no task id)."""
+    from rich.table import Table
+
+    table = Table(title=f"{len(queued)} waiting submissions (admission control)")
+    for col in ("position", "account", "state", "idempotency key", "handle", "waiting since"):
+        table.add_column(col)
+    for w in queued:
+        table.add_row(str(w["position"]), w["account"] or "default", "waiting", w["idempotency_key"],
+                      w["handle"], _fmt_ts(w["queued_at"]))  # fmt: skip
+    return table
+
+
 def _short_error(text: str | None, width: int = 90) -> str:
     """The error's class and the end of its message (where the cause is), for a table cell."""
     if not text:
@@ -139,54 +197,7 @@ def _short_error(text: str | None, width: int = 90) -> str:
     if len(text) <= width:
         return text
     head, _, rest = text.partition(": ")
-    return f"{head}: ...{rest[-(width - len(head) - 5):]}"
-
-
-def _export_ledger(since: float | None) -> int:
-    """One JSON object per line on stdout, in charge order; the count on stderr."""
-    from seedance_worker.settings import get_settings
-    from seedance_worker.steps.charge import iter_ledger
-
-    count = 0
-    for entry in iter_ledger(get_settings(), since=since):
-        sys.stdout.write(json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n")
-        count += 1
-    sys.stdout.flush()
-    print(f"exported {count} ledger entries", file=sys.stderr)
-    return EXIT_OK
-
-
-def cmd_ledger(args: argparse.Namespace) -> int:
-    from seedance_worker.settings import get_settings
-    from seedance_worker.steps.charge import list_ledger
-
-    if args.export:
-        return _export_ledger(args.since)
-    if args.since is not None:
-        print("seedance-worker: --since goes with --export jsonl", file=sys.stderr)
-        return EXIT_FAILED
-    entries, totals = list_ledger(get_settings())
-    if args.json:
-        _print_json({"entries": entries, "totals": totals})
-        return EXIT_OK
-    from rich.table import Table
-
-    table = Table(title=f"ledger: {len(entries)} entries")
-    for col in ("task id", "model", "tier", "tokens", "amount", "metadata"):
-        table.add_column(col)
-    for e in entries:
-        amount = f"{e.get('amount')} {e.get('currency')}" if e.get("amount") else "-"
-        table.add_row(
-            str(e.get("task_id")),
-            str(e.get("model")),
-            str(e.get("service_tier") or "-"),
-            str(e.get("completion_tokens")),
-            amount,
-            json.dumps(e.get("metadata") or {}),
-        )
-    _console().print(table)
-    _print_json(totals)
-    return EXIT_OK
+    return f"{head}: ...{rest[-(width - len(head) - 5) :]}"
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -250,6 +261,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 Sub = Any  # argparse's sub-parsers action (its type is private to argparse)
+_ACCOUNT_HELP = "a name of SEEDANCE_ACCOUNTS (default: the SEEDANCE_API_KEY account)"
 
 
 def _add_job_commands(sub: Sub) -> None:
@@ -265,11 +277,14 @@ def _add_job_commands(sub: Sub) -> None:
     s.add_argument("--prompt", required=True)
     s.add_argument("--image", action="append", help="image URL (repeatable)")
     s.add_argument("--role", action="append", help="role of the image at the same position")
+    s.add_argument("--video", action="append", help="reference video URL (repeatable)")
     s.add_argument("--resolution")
     s.add_argument("--ratio")
     s.add_argument("--duration", type=int)
     s.add_argument("--service-tier", dest="service_tier")
+    s.add_argument("--reserve", action="store_true", help="hold the estimate in the ledger until charged")
     s.add_argument("--idempotency-key")
+    s.add_argument("--account", help=_ACCOUNT_HELP)
     s.add_argument("--metadata", type=_json_object)
     s.add_argument("--wait", action="store_true")
     s.add_argument("--timeout", type=float, default=None)
@@ -278,28 +293,32 @@ def _add_job_commands(sub: Sub) -> None:
 
     s = sub.add_parser("track", help="start tracking existing remote tasks")
     s.add_argument("task_ids", nargs="+", metavar="ID")
+    s.add_argument("--account", help=_ACCOUNT_HELP)
     s.add_argument("--metadata", type=_json_object)
     s.add_argument("--wait", action="store_true", help="wait and print each Outcome")
     s.add_argument("--timeout", type=float, default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_track)
 
+    s = sub.add_parser("cancel", help="cancel a queued remote task and end its job as cancelled")
+    s.add_argument("task_ids", nargs="+", metavar="ID")
+    s.add_argument("--stop-tracking", action="store_true", help="a running task (Ark cannot cancel "
+                   "it): end the job here without downstream steps; Ark runs and bills it on")  # fmt: skip
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_cancel)
+
     s = sub.add_parser("status", help="one GET of a remote task")
     s.add_argument("task_id", metavar="ID")
+    s.add_argument("--account", help=_ACCOUNT_HELP)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
-    s = sub.add_parser("jobs", help="tracked jobs and where each stands")
+    s = sub.add_parser("jobs", help="tracked jobs and where each stands, and submissions waiting")
     s.add_argument("--json", action="store_true")
     s.add_argument("--limit", type=int, default=1000)
     s.set_defaults(func=cmd_jobs)
 
-    s = sub.add_parser("ledger", help="recorded charges (kept SEEDANCE_LEDGER_RETENTION_DAYS)")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--export", choices=["jsonl"], help="every entry as one JSON line, for billing")
-    s.add_argument("--since", type=float, help="with --export: only entries charged at or after this "
-                   "unix time")  # fmt: skip
-    s.set_defaults(func=cmd_ledger)
+    add_ledger_parser(sub)
 
 
 def _add_operations_commands(sub: Sub) -> None:
@@ -364,12 +383,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _redis_where() -> str:
-    """Host and port of SEEDANCE_REDIS_URL, without any password in it."""
+    """Host and port of SEEDANCE_REDIS_URL (the sentinels and master name of a sentinel:// one),
+    without any password in it."""
     from urllib.parse import urlsplit
 
     from seedance_worker.settings import get_settings
+    from seedance_worker.settings_parts import is_sentinel_url, sentinel_url
 
-    parts = urlsplit(get_settings().redis_url)
+    settings = get_settings()
+    if is_sentinel_url(settings.redis_url):
+        nodes = ",".join(f"{host}:{port}" for host, port in sentinel_url(settings.redis_url).nodes)
+        return f"SEEDANCE_REDIS_URL (master {settings.redis_sentinel_master} of sentinels {nodes})"
+    parts = urlsplit(settings.redis_url)
     return f"SEEDANCE_REDIS_URL ({parts.hostname}:{parts.port or 6379})"
 
 

@@ -39,6 +39,7 @@ from seedance_worker.client_body import (
 from seedance_worker.logs import redact
 from seedance_worker.models import CreateRequest, TaskList, TaskSnapshot
 from seedance_worker.settings import Settings, get_settings
+from seedance_worker.settings_parts import masked_url
 from seedance_worker.version import __version__
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ TASKS_PATH = "/contents/generations/tasks"
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 ERROR_MESSAGE_MAX_CHARS = 300  # of a server's error message, in exceptions and `last_error`
+LIST_MAX_PAGE_SIZE = 500  # the API's bound on page_size
 
 
 def validate_task_id(task_id: str) -> str:
@@ -76,7 +78,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 class ArkClient:
-    """Thin, typed wrapper over the four task endpoints."""
+    """Thin, typed wrapper over the four task endpoints (list twice: by ids, and one page)."""
 
     def __init__(
         self,
@@ -107,7 +109,7 @@ class ArkClient:
         )
 
     def __repr__(self) -> str:
-        return f"ArkClient(base_url={self.base_url!r})"
+        return f"ArkClient(base_url={masked_url(self.base_url)!r})"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ArkClient:
@@ -136,6 +138,44 @@ class ArkClient:
 
     def list_tasks(
         self,
+        task_ids: Iterable[str],
+        *,
+        service_tier: str | None = None,
+        model: str | None = None,
+        page_size: int = 100,
+    ) -> dict[str, TaskSnapshot]:
+        """Read many tasks with one list call: the snapshot of each asked-for id the API returned.
+
+        An id missing from the answer (not visible under this tier or model, older than 7 days,
+        or a gateway that drops it) is simply absent: read it with ``get_task``. Items the answer
+        carries for ids that were not asked for (a gateway ignoring ``filter.task_ids``) are
+        dropped. A 404 or 405 on the list path is ``ListUnsupported``: this API has no list.
+        """
+        ids = list(dict.fromkeys(validate_task_id(t) for t in task_ids))
+        if not 1 <= page_size <= LIST_MAX_PAGE_SIZE:
+            raise errors.InvalidRequest(f"page_size {page_size} outside [1, {LIST_MAX_PAGE_SIZE}]")
+        if len(ids) > page_size:
+            # Every asked-for id must fit on the one page this call reads.
+            raise errors.InvalidRequest(f"{len(ids)} ids do not fit one list page of {page_size}")
+        if not ids:
+            return {}
+        params = [("page_num", "1"), ("page_size", str(page_size))]
+        params += [("filter.task_ids", tid) for tid in ids]
+        if model:
+            params.append(("filter.model", model))
+        if service_tier:
+            params.append(("filter.service_tier", service_tier))
+        body = self._request("GET", TASKS_PATH, params=params, list_call=True)
+        listing: TaskList = self._parse(TaskList, body, None)
+        wanted = set(ids)
+        found: dict[str, TaskSnapshot] = {}
+        for snap in listing.items:
+            if snap.id in wanted:
+                found.setdefault(snap.id, snap)
+        return found
+
+    def list_page(
+        self,
         *,
         task_ids: Iterable[str] | None = None,
         status: str | None = None,
@@ -144,6 +184,7 @@ class ArkClient:
         page_num: int = 1,
         page_size: int = 10,
     ) -> TaskList:
+        """One page of the list endpoint with any of its filters (``list_tasks`` reads by ids)."""
         params: list[tuple[str, str]] = [("page_num", str(page_num)), ("page_size", str(page_size))]
         for tid in task_ids or ():
             params.append(("filter.task_ids", validate_task_id(tid)))
@@ -153,7 +194,7 @@ class ArkClient:
             params.append(("filter.model", model))
         if service_tier:
             params.append(("filter.service_tier", service_tier))
-        body = self._request("GET", TASKS_PATH, params=params)
+        body = self._request("GET", TASKS_PATH, params=params, list_call=True)
         listing: TaskList = self._parse(TaskList, body, None)
         return listing
 
@@ -202,6 +243,7 @@ class ArkClient:
         params: list[tuple[str, str]] | None = None,
         json_body: dict[str, Any] | None = None,
         task_id: str | None = None,
+        list_call: bool = False,
     ) -> Any:
         resp = self._send(method, path, params, json_body)
         try:
@@ -212,6 +254,8 @@ class ArkClient:
         request_id = resp.headers.get("X-Request-Id")
         status = resp.status_code
         if status >= 400:
+            if list_call and status in (404, 405):
+                raise _list_unsupported(resp, body, path, request_id, self._secret_forms)
             raise _status_error(resp, body, method, path, request_id, task_id, self._secret_forms)
         if 300 <= status < 400:
             raise _redirect_error(resp, method, path, request_id, self._secret_forms)
@@ -344,6 +388,20 @@ def _status_error(
     return errors.UnexpectedStatus(text, status, code, request_id, param)
 
 
+def _list_unsupported(
+    resp: requests.Response, body: bytes, path: str, request_id: str | None, forms: list[bytes]
+) -> errors.ListUnsupported:
+    code, message, _ = _error_fields(body)
+    reason = scrub_text(str(resp.reason or "")[:100], forms)
+    return errors.ListUnsupported(
+        f"GET {path} answered {resp.status_code} ({message or reason or 'no list endpoint'}): "
+        "this API has no list call; read tasks one by one",
+        resp.status_code,
+        code,
+        request_id,
+    )
+
+
 def _redirect_error(
     resp: requests.Response, method: str, path: str, request_id: str | None, forms: list[bytes]
 ) -> errors.RedirectRefused:
@@ -362,15 +420,26 @@ def _redirect_error(
     )
 
 
-# One client per process: prefork children get their own after fork (requests Sessions are not
-# fork-safe), so the cache is keyed by pid.
-_clients: dict[tuple[int, str, int, int], ArkClient] = {}
+# One client per process and account: prefork children get their own after fork (requests Sessions
+# are not fork-safe), so the cache is keyed by pid.
+_clients: dict[tuple[int, str | None, str, int, int], ArkClient] = {}
 _clients_lock = threading.Lock()
 
 
-def get_client(settings: Settings | None = None) -> ArkClient:
+def get_client(settings: Settings | None = None, account: str | None = None) -> ArkClient:
+    """The client of ``account`` (a name of SEEDANCE_ACCOUNTS; None: the account ``settings`` are
+    for, the default one unless they came from ``Settings.for_account``). An unknown name is
+    ``InvalidRequest`` naming it."""
     settings = settings or get_settings()
-    key = (os.getpid(), settings.api_base_url, hash(settings.api_key_value()), settings.api_max_body_bytes)
+    if account is not None:
+        settings = settings.for_account(account)
+    key = (
+        os.getpid(),
+        settings.account,
+        settings.api_base_url,
+        hash(settings.api_key_value()),
+        settings.api_max_body_bytes,
+    )
     with _clients_lock:
         client = _clients.get(key)
         if client is None:

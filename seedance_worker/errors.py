@@ -26,6 +26,7 @@ __all__ = [
     "GenerationExpired",
     "GenerationFailed",
     "InvalidRequest",
+    "ListUnsupported",
     "PermissionDenied",
     "RateLimited",
     "RedirectRefused",
@@ -141,6 +142,11 @@ class PermissionDenied(ApiError, TerminalError):
 
 class UnexpectedStatus(ApiError, TerminalError):
     """Any other non-2xx status."""
+
+
+class ListUnsupported(UnexpectedStatus):
+    """HTTP 404 or 405 on the list path: the API (a gateway, a proxy) has no list call. Detected
+    once, it means "read each task with its own GET", not that any task is gone."""
 
 
 class RedirectRefused(UnexpectedStatus):

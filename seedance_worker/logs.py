@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from seedance_worker.settings_parts import url_passwords
+
 REDACTED = "[redacted]"
 
 _URL_QUERY = re.compile(r"(?P<base>\bhttps?://[^\s?#'\"<>\\]+)\?[^\s'\"<>#\\]*")
@@ -48,21 +50,19 @@ def secret_values(settings: Any = None) -> list[str]:
         except Exception:
             return []
     found: list[str] = []
-    for name in ("api_key", "notify_secret", "intake_token"):
+    for name in ("api_key", "notify_secret", "intake_token", "redis_sentinel_password"):
         value = getattr(settings, name, None)
         raw = value.get_secret_value() if value is not None else ""
         if raw:
             found.append(raw)
             if raw.startswith("whsec_"):
                 found.append(raw.removeprefix("whsec_"))
-    for name in ("redis_url",):
-        url = getattr(settings, name, None) or ""
-        try:
-            password = urlsplit(url).password
-        except ValueError:
-            password = None
-        if password:
-            found.extend([password, unquote(password)])
+    for account in (getattr(settings, "accounts", None) or {}).values():
+        raw = account.api_key.get_secret_value() if account.api_key is not None else ""
+        if raw:
+            found.append(raw)
+    for password in url_passwords(getattr(settings, "redis_url", None) or ""):
+        found.extend([password, unquote(password)])
     variants = set()
     for raw in found:
         variants.update({raw, quote(raw, safe=""), json.dumps(raw)[1:-1]})

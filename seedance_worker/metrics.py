@@ -12,7 +12,7 @@ Names (all prefixed ``seedance_``):
 * ``seedance_charged_tokens_total{model}``: completion tokens written to the ledger (once per job)
 * ``seedance_intake_callbacks_total{result}``: callback posts the intake answered
 * ``seedance_jobs_inflight`` / ``seedance_jobs_lease_expired``: read from Redis at scrape time
-  (``ZCARD`` / ``ZCOUNT`` of ``seedance:due``)
+  (``ZCARD`` / ``ZCOUNT`` of ``seedance:due`` and ``seedance:parked``)
 
 The endpoint listens on ``SEEDANCE_METRICS_ADDR`` (default 127.0.0.1: nothing is exposed beyond the
 host unless asked; deploy/ sets 0.0.0.0 where Prometheus scrapes from another container or host).
@@ -191,7 +191,7 @@ class InflightCollector:
             return []
         return [
             GaugeMetricFamily(
-                "seedance_jobs_inflight", "Jobs polling or handing off (ZCARD seedance:due)", value=inflight
+                "seedance_jobs_inflight", "Jobs polling or handing off (due + parked)", value=inflight
             ),
             GaugeMetricFamily(
                 "seedance_jobs_lease_expired",

@@ -45,6 +45,10 @@ class Status(StrEnum):
 
 
 _TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Status.CANCELLED})
+# Words gateways (new-api and its kin) report for Ark's states. Read as the state they stand for,
+# so the schedule polls a "processing" job as running; the snapshot keeps the word it was given
+# (``TaskSnapshot.reported_status``).
+STATUS_ALIASES: dict[str, Status] = {"processing": Status.RUNNING, "pending": Status.QUEUED}
 _warned_statuses: set[str] = set()
 
 
@@ -60,6 +64,9 @@ def _status(value: Any) -> Any:
     text = str(value).strip().lower()
     if len(text) > MAX_STATUS_CHARS:
         raise ValueError(f"status longer than {MAX_STATUS_CHARS} characters")
+    alias = STATUS_ALIASES.get(text)
+    if alias is not None:
+        return alias
     try:
         return Status(text)
     except ValueError:
@@ -152,6 +159,18 @@ class TaskSnapshot(_Open):
     usage: Usage | None = None
     revised_prompt: str | None = None
     output_format: ShortStr | None = None
+    # Set when the API said another word for ``status`` (``processing``, ``pending``): that word.
+    reported_status: ShortStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_the_reported_word(cls, data: Any) -> Any:
+        raw = data.get("status") if isinstance(data, dict) else None
+        if isinstance(raw, str) and "reported_status" not in data:
+            word = raw.strip()
+            if word.lower() in STATUS_ALIASES:
+                return {**data, "reported_status": word[:MAX_STATUS_CHARS]}
+        return data
 
     @property
     def is_terminal(self) -> bool:
@@ -159,6 +178,7 @@ class TaskSnapshot(_Open):
 
     @property
     def status_text(self) -> str:
+        """The state as the engine reads it (``running`` for a gateway's ``processing``)."""
         return str(self.status.value if isinstance(self.status, Status) else self.status)
 
     @property
@@ -368,6 +388,8 @@ class Charge(BaseModel):
     amount: str | None = None
     currency: str | None = None
     entry_id: str | None = None
+    price_rule: str | None = None  # the price table path that priced it (pricing.py)
+    price_per_million: str | None = None
 
 
 class Notification(BaseModel):
@@ -395,6 +417,11 @@ class Outcome(BaseModel):
     notification: Notification | None = None
     error: dict[str, Any] | None = None
     step_errors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    account: str | None = None  # the name of the account the task was made and polled with; None: default
+    # What the task was created with that prices depend on and the GET does not return (model,
+    # service_tier, resolution, ratio, duration or frames, has_video_input), and the estimate made
+    # at submit under "estimate"; None for a task tracked without them.
+    submitted: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:

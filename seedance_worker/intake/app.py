@@ -103,7 +103,8 @@ class IntakeApp:
         try:
             ensure_app()
             publish_poll(cb.task_id, gen=decided.gen, countdown_s=decided.countdown_s,
-                         celery_id=decided.owner, settings=self.settings, canvas=decided.canvas)  # fmt: skip
+                         celery_id=decided.owner, settings=self.settings, canvas=decided.canvas,
+                         trace=decided.trace)  # fmt: skip
         except BaseException:
             store.unhint(cb.task_id, seen=cb.seen, gen=decided.gen)  # not acted on: a retry may try again
             raise
@@ -127,5 +128,3 @@ def _reply(
 def make_wsgi_app(settings: Settings | None = None) -> IntakeApp:
     """The intake as a WSGI app, for any WSGI server (gunicorn, uwsgi, waitress...)."""
     return IntakeApp(settings)
-
-

@@ -17,7 +17,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 from seedance_worker import errors, logs, metrics
 from seedance_worker.engine.store import scrape_counts
 from seedance_worker.intake.app import IntakeApp, make_wsgi_app
-from seedance_worker.intake.urls import CALLBACK_PREFIX, shown_path
+from seedance_worker.intake.urls import CALLBACK_PREFIX, JOB_PREFIX, shown_path
 from seedance_worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def serve_intake(host: str, port: int) -> None:
     if settings.metrics_port is not None:
         try:
             metrics.start_server(
-                settings.metrics_port, addr=settings.metrics_addr, inflight=scrape_counts(settings.redis_url)
+                settings.metrics_port, addr=settings.metrics_addr, inflight=scrape_counts(settings)
             )
         except OSError as exc:
             server.server_close()
@@ -207,7 +207,8 @@ def serve_intake(host: str, port: int) -> None:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     thread = threading.Thread(target=server.serve_forever, name="seedance-intake", daemon=True)
     thread.start()
-    log.info("intake serving on %s:%d%s<token>", host, server.server_address[1], CALLBACK_PREFIX)
+    log.info("intake serving on %s:%d: %s<nonce>.<mac> per job (%s<token> for older tasks)",
+             host, server.server_address[1], JOB_PREFIX, CALLBACK_PREFIX)  # fmt: skip
     try:
         while not stop.wait(0.5):
             if not thread.is_alive():

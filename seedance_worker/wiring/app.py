@@ -20,7 +20,7 @@ from seedance_worker.client import reset_clients
 from seedance_worker.engine.store import reset_stores
 from seedance_worker.errors import ConfigError
 from seedance_worker.settings import Settings, get_settings, reset_settings_cache
-from seedance_worker.wiring import compat as _compat  # noqa: F401  (kombu work-around, see compat.py)
+from seedance_worker.wiring import compat as _compat  # noqa: F401  (library work-arounds, see compat.py)
 from seedance_worker.wiring import host
 from seedance_worker.wiring import signals as _signals  # noqa: F401  (connects every handler)
 from seedance_worker.wiring.checks import check_app

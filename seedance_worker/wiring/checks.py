@@ -8,7 +8,7 @@ import logging
 import redis
 from celery import Celery
 
-from seedance_worker.connections import eviction_problem
+from seedance_worker.connections import eviction_problem, redis_client
 from seedance_worker.errors import ConfigError
 from seedance_worker.settings import Settings, get_settings
 from seedance_worker.wiring.conf import POLL_TASKS, POST_TASKS
@@ -54,9 +54,7 @@ def warn_if_evicting(settings: Settings | None = None) -> str | None:
     be fixed with CONFIG SET while it runs); ``seedance-worker check`` fails on the same problem."""
     settings = settings or get_settings()
     # Short timeouts of its own: a Redis that is away must not hold up the start for 30 s.
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
-    )
+    client = redis_client(settings, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
     try:
         problem = eviction_problem(client)
     except redis.RedisError:

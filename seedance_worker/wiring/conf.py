@@ -6,11 +6,15 @@ from typing import Any
 
 from kombu.entity import Queue
 
+from seedance_worker.connections import sentinel_options
+from seedance_worker.outage import OUTAGE_WAIT_S
 from seedance_worker.settings import Settings
+from seedance_worker.settings_parts import is_sentinel_url
 
 TASK_MODULES = [
     "seedance_worker.engine.poll",
     "seedance_worker.submit",
+    "seedance_worker.admit",
     "seedance_worker.engine.handoff",
     "seedance_worker.steps.download",
     "seedance_worker.steps.charge",
@@ -18,7 +22,7 @@ TASK_MODULES = [
     "seedance_worker.engine.sweep",
 ]
 
-POLL_TASKS = ("seedance.poll", "seedance.submit", "seedance.sweep")
+POLL_TASKS = ("seedance.poll", "seedance.submit", "seedance.admit", "seedance.sweep")
 POST_TASKS = (
     "seedance.download_video",
     "seedance.charge_usage",
@@ -33,8 +37,26 @@ def routes(settings: Settings) -> dict[str, dict[str, str]]:
     return table
 
 
+def sentinel_transport(settings: Settings) -> dict[str, Any]:
+    """What kombu's and Celery's sentinel:// transports need beside the URL (none for redis://):
+    the master's name, and how to reach the sentinels (their password, short timeouts)."""
+    if not is_sentinel_url(settings.redis_url):
+        return {}
+    return {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": sentinel_options(settings)}
+
+
+def result_retry_policy(settings: Settings) -> dict[str, Any]:
+    """How long storing a task's result waits for Redis. Behind sentinels, as long as a task waits
+    out an outage (outage.py): a failover takes their down-after-milliseconds (30 s by default)
+    plus the promotion, and a result given up on never reaches the job's handle (AsyncResult)."""
+    if is_sentinel_url(settings.redis_url):
+        return {"timeout": OUTAGE_WAIT_S, "max_retries": None, "interval_max": 1}
+    return {"timeout": 5.0}
+
+
 def transport_options(settings: Settings) -> dict[str, Any]:
     return {
+        **sentinel_transport(settings),
         "visibility_timeout": settings.visibility_timeout_s,
         # kombu 5.7 restores unacked messages every interval x throttle (100 s by default);
         # 10 s keeps a killed worker's messages from waiting that long (measured: 100 s otherwise).
@@ -71,7 +93,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": transport_options(settings),
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        "result_backend_transport_options": {
+            **sentinel_transport(settings),
+            "retry_policy": result_retry_policy(settings),
+        },
         "result_expires": settings.result_expires_s,
         "result_extended": False,
         "task_track_started": False,

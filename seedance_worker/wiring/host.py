@@ -20,16 +20,22 @@ from seedance_worker.errors import ConfigError
 from seedance_worker.settings import ENV_PREFIX, Settings, load_settings, set_source
 
 CONF_PREFIX = "seedance_"
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
+
 
 def conf_values(app: Celery) -> dict[str, Any]:
     """The ``seedance_*`` keys of ``app.conf`` (namespace stripped) as Settings field names; an
     unknown key is refused by name, like an unknown ``SEEDANCE_*`` variable."""
+    return {name: value for name, (_, value) in conf_entries(app).items()}
+
+
+def conf_entries(app: Celery) -> dict[str, tuple[str, Any]]:
+    """Settings field name -> (the ``app.conf`` key as the host spelt it, its value)."""
     conf = app.conf
     conf.broker_url  # noqa: B018  (finalizes a lazily configured app before its keys are read)
     prefix = str(getattr(conf, "prefix", None) or "")
     known = set(Settings.model_fields)
-    found: dict[str, Any] = {}
+    found: dict[str, tuple[str, Any]] = {}
     for key in list(conf.without_defaults()):
         if not isinstance(key, str):
             continue
@@ -41,7 +47,7 @@ def conf_values(app: Celery) -> dict[str, Any]:
             close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
             hint = f" (did you mean {prefix}{CONF_PREFIX}{close[0]}?)" if close else ""
             raise ConfigError(f"app.conf key {key} is not a known setting{hint}")
-        found[name] = conf[key]
+        found[name] = (key, conf[key])
     return found
 
 
@@ -63,30 +69,62 @@ def explicit_values(settings: Settings | Mapping[str, Any] | None) -> dict[str, 
 
 def host_redis(app: Celery) -> str | None:
     """The host's result backend, else its broker, when that is a Redis."""
-    for url in (app.conf.result_backend, app.conf.broker_url):
-        if isinstance(url, str) and url.startswith(_REDIS_SCHEMES):
-            return url
+    store = host_store(app)
+    return store["redis_url"][1] if store else None
+
+
+def host_store(app: Celery) -> dict[str, tuple[str, Any]] | None:
+    """The job store on the host's Redis, as Settings field -> (where the host set it, value): its
+    result backend's URL, else its broker's; for a ``sentinel://`` one also the master name (and
+    sentinel password) from that URL's transport options."""
+    conf = app.conf
+    for key in ("result_backend", "broker_url"):
+        url = conf[key]
+        if not (isinstance(url, str) and url.lower().startswith(_REDIS_SCHEMES)):
+            continue
+        store: dict[str, tuple[str, Any]] = {"redis_url": (f"app.conf {key}", url)}
+        where = "result_backend_transport_options" if key == "result_backend" else "broker_transport_options"
+        options = conf[where] if isinstance(conf[where], Mapping) else {}
+        if url.lower().startswith("sentinel://") and options.get("master_name"):
+            store["redis_sentinel_master"] = (f"app.conf {where} master_name", options["master_name"])
+            password = (options.get("sentinel_kwargs") or {}).get("password")
+            if password:
+                store["redis_sentinel_password"] = (f"app.conf {where} sentinel_kwargs", password)
+        return store
     return None
 
 
 def resolve(app: Celery, explicit: Mapping[str, Any]) -> Settings:
-    values = {**conf_values(app), **explicit}
+    entries = conf_entries(app)
+    # A bad value is reported under the name the host wrote it as, not as a SEEDANCE_* variable.
+    labels = {name: f"app.conf {key}" for name, (key, _) in entries.items()}
+    labels.update({name: f"install(settings=...) {name}" for name in explicit})
+    values = {**{name: value for name, (_, value) in entries.items()}, **explicit}
     if "redis_url" not in values and f"{ENV_PREFIX}REDIS_URL" not in os.environ:
-        url = host_redis(app)
-        if url is None:
+        store = host_store(app)
+        if store is None:
             raise ConfigError(
                 "the job store needs a Redis and the host's broker and result backend are not Redis: "
                 "set seedance_redis_url in app.conf (or SEEDANCE_REDIS_URL)"
             )
-        values["redis_url"] = url
-    return load_settings(**values)
+        # The host's own URL and transport options, unless seedance_* / SEEDANCE_* name them.
+        for name, (label, value) in store.items():
+            if name not in values and f"{ENV_PREFIX}{name.upper()}" not in os.environ:
+                values[name], labels[name] = value, label
+    return load_settings(labels=labels, **values)
 
 
 def adopt(app: Celery, settings: Settings | Mapping[str, Any] | None) -> Settings:
     """Make ``app`` this process's source of settings; the resolved settings (errors raised now)."""
     explicit = explicit_values(settings)
     resolved = resolve(app, explicit)
-    set_source(lambda: resolve(app, explicit))
+    first = [resolved]
+
+    def source() -> Settings:
+        # The first get_settings() takes what install() resolved; after a cache reset, again.
+        return first.pop() if first else resolve(app, explicit)
+
+    set_source(source)
     return resolved
 
 

@@ -15,5 +15,10 @@ def mark_ours(app: Any) -> None:
     _ours.add(id(app))
 
 
+def unmark_ours(app: Any) -> None:
+    """A throwaway app (a test's) is ours no more: a later app at the same id must not look ours."""
+    _ours.discard(id(app))
+
+
 def is_ours(app: Any) -> bool:
     return app is not None and id(app) in _ours

@@ -7,6 +7,7 @@ only which signal runs it, for which app.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -14,12 +15,16 @@ from celery import current_app, signals
 
 from seedance_worker import logs, metrics
 from seedance_worker.client import reset_clients
+from seedance_worker.engine.cancel import cancel_job, remote_task_id
 from seedance_worker.engine.dispatch import start_dispatcher, stop_dispatcher
+from seedance_worker.engine.jobs import POLL_TASK
 from seedance_worker.engine.store import reset_stores, scrape_counts
 from seedance_worker.errors import ConfigError
 from seedance_worker.settings import get_settings
 from seedance_worker.wiring.checks import check_app, warn_if_evicting
 from seedance_worker.wiring.registry import is_ours
+
+log = logging.getLogger(__name__)
 
 
 def _ours(sender: Any = None, **kwargs: Any) -> bool:
@@ -59,7 +64,7 @@ def _refuse_bad_start(sender: Any = None, **kw: Any) -> None:
 def _serve_metrics(sender: Any = None, **kw: Any) -> None:
     # Main process, before the pool forks and before any metric object exists (multiprocess mode).
     if _ours(sender, **kw) and metrics.metrics_port() is not None:
-        metrics.start_for_worker(inflight=scrape_counts(get_settings().redis_url))
+        metrics.start_for_worker(inflight=scrape_counts(get_settings()))
 
 
 @signals.after_setup_logger.connect
@@ -117,6 +122,24 @@ def _warn_evicting_redis(sender: Any = None, **kw: Any) -> None:
 def _handoff_latency(sender: Any = None, task: Any = None, **kw: Any) -> None:
     if _ours(sender, task=task, **kw):
         metrics.task_started(task)
+
+
+@signals.task_revoked.connect
+def _revoked_poll(sender: Any = None, request: Any = None, expired: bool = False, **kw: Any) -> None:
+    # revoke() of a poll's id means cancel: the worker that meets the revoked message ends the job
+    # (without this the sweeper would re-drive it, and a restart forget the revoke).
+    if expired or getattr(sender, "name", None) != POLL_TASK or not _ours(sender, **kw):
+        return
+    task_id = remote_task_id(request)
+    if task_id is None:
+        return
+    try:
+        res = cancel_job(task_id, get_settings(), revoked=True)
+    except Exception as exc:
+        print(f"seedance-worker: revoked poll of {task_id}: cancel failed: {type(exc).__name__}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return
+    log.info("revoked poll %s: %s (%s)", task_id, res.result, res.message)
 
 
 @signals.worker_process_shutdown.connect

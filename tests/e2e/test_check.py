@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -90,3 +91,18 @@ def test_each_problem_is_listed(tmp_path: Path, keyed_sim: Simulator) -> None:
         ["Redis", "unusable"], ["API", "refused"], ["download", "dir"], ["callback", "intake"]
     ]
     assert all("\n" not in p for p in problems)
+
+
+def test_each_account_is_checked_and_named(tmp_path: Path, keyed_sim: Simulator) -> None:
+    """A SEEDANCE_ACCOUNTS account with a key its API refuses is named (never its key); right keys: ok."""
+    other = Simulator(config=SimConfig(api_keys=frozenset({"volc-key-0123456789"}))).start()
+    try:
+        good = {"volc": {"api_key": "volc-key-0123456789", "base_url": other.base_url}}
+        out = run_check(tmp_path, keyed_sim, SEEDANCE_ACCOUNTS=json.dumps(good))
+        assert out.returncode == 0, out.stderr
+        bad = {"volc": {"api_key": "volc-wrong-key-987654", "base_url": other.base_url}}
+        line = one_line(run_check(tmp_path, keyed_sim, SEEDANCE_ACCOUNTS=json.dumps(bad)))
+        assert "API refused the key (account 'volc' of SEEDANCE_ACCOUNTS)" in line
+        assert "volc-wrong-key-987654" not in line
+    finally:
+        other.stop()

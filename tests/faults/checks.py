@@ -3,57 +3,36 @@ and returning its ``Findings`` (failures, per-job details, report fields).
 
 ``judge()`` runs them in order and assembles the report: a JSON-able dict whose ``failures`` list is
 empty only when every check held. Nothing here does I/O, so each check can be fed hand-built data.
+The polling checks (Retry-After, no poll after the end, resumption) are in checks_polling.py.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from seedance_worker.steps.notify import webhook_id
-from tests.faults.rundata import RunData, p99, percentile
+from tests.faults.checks_polling import (
+    check_cooldown_overlaps,
+    check_no_poll_after_end,
+    check_resume_budget,
+    check_retry_after,
+    resume_times,
+)
+from tests.faults.findings import MAX_DETAILS, Findings
+from tests.faults.rundata import RunData
 
-MAX_DETAILS = 40  # failure_details kept per report
-
-
-@dataclass
-class Findings:
-    """What one check found: failure lines, details of the first failing jobs, and report fields."""
-
-    run: RunData = field(repr=False)
-    failures: list[str] = field(default_factory=list)
-    details: list[dict[str, Any]] = field(default_factory=list)
-    fields: dict[str, Any] = field(default_factory=dict)
-
-    def fail(self, what: str) -> None:
-        self.failures.append(what)
-
-    def bad(self, job_id: str | None, what: str, **extra: Any) -> None:
-        """A failure of one job, with its record, simulator state and log lines as a detail."""
-        self.failures.append(f"{job_id or '-'}: {what}")
-        if job_id and len(self.details) < MAX_DETAILS:
-            rec = self.run.records.get(job_id)
-            self.details.append(
-                {
-                    "job": job_id,
-                    "what": what,
-                    "record": None if rec is None else rec.public() | {"handoff_fires": rec.handoff_fires},
-                    "sim": self.run.sim_states.get(job_id),
-                    "log": self.run.log_excerpt(job_id),
-                    **extra,
-                }
-            )
+__all__ = [
+    "CHECKS", "MAX_DETAILS", "Findings", "check_cooldown_overlaps", "check_no_poll_after_end",
+    "check_resume_budget", "check_retry_after", "judge", "resume_times",
+]  # fmt: skip
 
 
 def _ok(d: Any) -> bool:
     return d.ok
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,6 +110,20 @@ def check_charges_match_successes(run: RunData) -> Findings:
     if len(run.ledger_entries) != len(run.ledger_ids):
         f.fail(f"ledger: {len(run.ledger_ids)} ids but {len(run.ledger_entries)} entries")
     f.fields.update(ledger_entries=len(run.ledger_ids), ledger_totals=run.ledger_totals)
+    return f
+
+
+def check_succeeded_paid_and_notified(run: RunData) -> Findings:
+    """Every succeeded job has its ledger entry and a 2xx notification (the headline count of what
+    check_charges_match_successes and check_one_delivery_per_job judge in detail)."""
+    f = Findings(run)
+    charged = set(run.ledger_ids)
+    notified = {d.task_id for d in run.deliveries if _ok(d) and d.status == "succeeded"}
+    uncharged = sorted(run.succeeded - charged)
+    unnotified = sorted(run.succeeded - notified)
+    for tid in unnotified:
+        f.bad(tid, "succeeded but no 2xx notification")
+    f.fields.update(succeeded_uncharged=len(uncharged), succeeded_unnotified=len(unnotified))
     return f
 
 
@@ -244,105 +237,70 @@ def check_files(run: RunData) -> Findings:
 
 
 # --------------------------------------------------------------------------------------------------
-# Polling: Retry-After, the shared cool-down, no poll after the end
+# A full disk
 # --------------------------------------------------------------------------------------------------
 
+_FULL = re.compile(r"download task=(\S+): the download dir is full \((\w+)")
+_FULL_GAVE_UP = re.compile(r"download task=(\S+) failed kind=storage_full")
+_REFIRED = re.compile(r"sweep (\S+): hand-off lease ran out")
+_STORED = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): [^\]]*\] download task=(\S+) video stored", re.M
+)
 
-def check_retry_after(run: RunData) -> Findings:
-    """No GET of a task arrived before a 429's time plus its Retry-After (same task, by arrival time)."""
+
+def _log_time(day_time: str, ms: str) -> float:
+    """A worker log's timestamp (local time, as Celery writes it) as time.time()."""
+    return time.mktime(time.strptime(day_time, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+
+
+def check_full_disk(run: RunData) -> Findings:
+    """With a full-disk window: downloads did hit it (storage_full retries in the logs: ENOSPC),
+    the filler really left no free byte, and every job that hit it got its video after it was
+    freed (its file and sha256 are judged by check_files); none gave up."""
     f = Findings(run)
-    violations = n429 = 0
-    files_403 = run.files_403()
-    for tid, recs in run.gets().items():
-        for rec in recs:
-            if rec.status != 429:
-                continue
-            n429 += 1
-            ra = run.retry_after_of(rec)
-            # Later by arrival time (the log is in answer order: a held "timeout" GET that arrived
-            # before this 429 is logged after it and is no violation).
-            early = sorted((x for x in recs if rec.ts < x.ts < rec.ts + ra), key=lambda x: x.ts)
-            if early:
-                violations += len(early)
-                _retry_after_violation(f, tid, rec, ra, early[0].ts, recs, files_403.get(tid, []))
-    f.fields.update(responses_429=n429, retry_after_violations=violations)
-    return f
-
-
-def _retry_after_violation(
-    f: Findings, tid: str, rec: Any, ra: float, first_ts: float, recs: list[Any], f403: list[Any]
-) -> None:
-    job = f.run.records.get(tid)
-    f.bad(
-        tid,
-        f"GET {first_ts - rec.ts:.3f}s after a 429 ({rec.fault}) with Retry-After {ra:g}",
-        gets_around=[(round(x.ts - rec.ts, 3), x.status, x.fault) for x in recs if abs(x.ts - rec.ts) < 10],
-        file_403_around=[round(x.ts - rec.ts, 3) for x in f403 if abs(x.ts - rec.ts) < 10],
-        record_terminal_at=None if job is None else job.terminal_at and round(job.terminal_at - rec.ts, 3),
-    )
-
-
-def check_cooldown_overlaps(run: RunData) -> Findings:
-    """Informational: GETs starting 0.5 s or more into any 429's Retry-After window (the shared
-    cool-down), polls and URL refreshes apart; a GET already in flight when the 429 came is legitimate."""
-    f = Findings(run)
-    gets, files_403 = run.gets(), run.files_403()
-    windows = sorted(
-        (rec.ts + 0.5, rec.ts + run.retry_after_of(rec))
-        for recs in gets.values()
-        for rec in recs
-        if rec.status == 429
-    )
-    polls = refreshes = 0
-    for tid, recs in gets.items() if windows else ():
-        f403 = [x.ts for x in files_403.get(tid, [])]
-        for g in recs:
-            if any(a <= g.ts < b for a, b in windows):
-                # a GET right after a 403 of its video URL is the download's URL refresh
-                if any(0 <= g.ts - t < 2.0 for t in f403):
-                    refreshes += 1
-                else:
-                    polls += 1
-    f.fields["cooldown_overlaps"] = {"polls": polls, "url_refreshes": refreshes}
-    return f
-
-
-def check_no_poll_after_end(run: RunData) -> Findings:
-    """No GET of a job after its terminal poll, except a succeeded download's URL refreshes, each
-    answering one 403 of the video URL just before it (with its retries of failed GETs)."""
-    f = Findings(run)
-    polls_after_end = refresh_gets = unanswered_403 = 0
-    gets, files_403 = run.gets(), run.files_403()
-    for tid in run.jobs:
-        rec = run.records.get(tid)
-        if rec is None or rec.terminal_at is None:
-            continue
-        # By arrival time: a GET the simulator held (timeout fault) is logged after later ones.
-        after = sorted((g for g in gets.get(tid, []) if g.ts > rec.terminal_at), key=lambda g: g.ts)
-        pending = sorted(x.ts for x in files_403.get(tid, []) if x.ts > rec.terminal_at)
-        extra: list[Any] = []
-        for g in after:
-            earlier = [t for t in pending if t < g.ts]
-            if rec.status == "succeeded" and earlier:
-                # A refresh tries its GET a few times on 5xx/timeouts; the one that got the fresh
-                # URL (200) answers the 403.
-                if g.status == 200 and g.fault is None:
-                    pending.remove(earlier[0])
-                refresh_gets += 1
-            else:
-                extra.append(g)
-        unanswered_403 += len(pending)
-        if extra:
-            polls_after_end += len(extra)
-            f.bad(
-                tid,
-                f"{len(extra)} GET(s) after the terminal poll ({rec.terminal_at:.3f}) not explained by a URL refresh",
-                gets_after=[(round(g.ts - rec.terminal_at, 3), g.status, g.fault) for g in after],
-                file_403=[round(x.ts - rec.terminal_at, 3) for x in files_403.get(tid, [])],
-            )
-    f.fields.update(
-        polls_after_end=polls_after_end, url_refresh_gets=refresh_gets, url_403_without_refresh=unanswered_403
-    )
+    retries: Counter[str] = Counter()
+    errnos: Counter[str] = Counter()
+    gave_up: set[str] = set()
+    stored_at: dict[str, float] = {}
+    refired: set[str] = set()
+    for text in run.logs.values():
+        for m in _FULL.finditer(text):
+            retries[m.group(1)] += 1
+            errnos[m.group(2)] += 1
+        gave_up.update(_FULL_GAVE_UP.findall(text))
+        refired.update(_REFIRED.findall(text))
+        for day_time, ms, tid in _STORED.findall(text):
+            stored_at[tid] = max(stored_at.get(tid, 0.0), _log_time(day_time, ms))
+    disk = run.full_disk
+    window = (disk or {}).get("window")
+    freed = window[1] if window else None
+    hit = sorted(retries)
+    after = [t for t in hit if freed is not None and stored_at.get(t, 0.0) >= freed - 0.01]
+    f.fields["storage_full"] = {
+        "window_s": None if not window else [round(window[0] - run.t0, 2), round(window[1] - run.t0, 2)],
+        "retries": sum(retries.values()),
+        "errnos": dict(errnos),
+        "jobs_hit": len(hit),
+        "jobs_stored_after_free": len(after),
+        "jobs_gave_up": len(gave_up),
+        # its hand-off lease ran out while it waited (the retry's countdown message held by a
+        # SIGKILLed worker until the VT, or a backed-up post queue): the sweeper re-fired the chain
+        "jobs_refired_by_sweeper": len(refired.intersection(hit)),
+        "max_free_bytes_while_full": (disk or {}).get("max_free_bytes_while_full"),
+    }
+    for tid in sorted(gave_up):
+        f.bad(tid, "gave up on a full disk (storage_full) instead of waiting it out")
+    if disk is None:
+        return f
+    if not window:
+        f.fail("full disk planned but never filled and freed")
+    elif not hit:
+        f.fail("the disk was full but no download hit it (no storage_full retry in any log)")
+    if disk.get("max_free_bytes_while_full"):
+        f.fail(f"the full disk still had {disk['max_free_bytes_while_full']} bytes free")
+    for tid in sorted(set(hit) - set(after) - gave_up):
+        when = stored_at.get(tid)
+        f.bad(tid, f"hit the full disk but its video was not stored after it was freed (stored at {when})")
     return f
 
 
@@ -375,55 +333,6 @@ def check_no_secret(run: RunData) -> Findings:
     for where in hits[:10]:
         f.fail(f"secret found in {where}")
     f.fields["secret_leaks"] = len(hits)
-    return f
-
-
-# --------------------------------------------------------------------------------------------------
-# Resumption after a SIGKILL
-# --------------------------------------------------------------------------------------------------
-
-
-def resume_times(run: RunData) -> dict[str, Any]:
-    """How long after each SIGKILL the polls the killed worker held got their next GET."""
-    samples: list[float] = []
-    no_get = 0
-    budget_s = run.countdown_cap_s + 30.0
-    gets = run.gets()
-    over: list[tuple[str, float]] = []
-    for k in run.kills:
-        for tid in k.held:
-            rec = run.records.get(tid)
-            if rec is not None and rec.terminal_at is not None and rec.terminal_at <= k.ts:
-                # Its poll had already ended the job (an `active` terminal poll finishing its
-                # hand-off): what remains is the downstream chain, under the hand-off lease.
-                continue
-            nxt = [g.ts for g in gets.get(tid, []) if g.ts >= k.ts]
-            if nxt:
-                samples.append(nxt[0] - k.ts)
-                if samples[-1] > budget_s:
-                    over.append((tid, samples[-1]))
-            elif rec is None or rec.terminal_at is None or rec.terminal_at > k.ts:
-                no_get += 1
-    return {
-        "budget_s": budget_s,
-        "over_budget": over,
-        "n": len(samples),
-        "p50_s": _round(percentile(samples, 50)),
-        "p99_s": _round(p99(samples)),
-        "max_s": _round(max(samples) if samples else None),
-        "held_without_later_get": no_get,
-        "kills_inspected": sum(1 for k in run.kills if k.inspected),
-    }
-
-
-def check_resume_budget(run: RunData) -> Findings:
-    """A chain held by a SIGKILLed worker resumed within its interval plus 30 s (every interval here
-    is at most the countdown cap)."""
-    f = Findings(run)
-    resume = resume_times(run)
-    for tid, waited in resume["over_budget"][:10]:
-        f.fail(f"{tid}: resumed {waited:.1f} s after its worker's SIGKILL (> {resume['budget_s']:g} s)")
-    f.fields.update(resume=resume, resume_p99_s=resume["p99_s"])
     return f
 
 
@@ -488,6 +397,7 @@ def run_fields(run: RunData) -> dict[str, Any]:
         "bursts": [(round(ts - t0, 2), round(d, 2), ra) for ts, d, ra in run.bursts],
         "expected_outcomes": dict(sorted(Counter(j.fate for j in run.jobs.values()).items())),
         "sweeper": run.sweeper,
+        "status_source": run.status_source,
         "settle_s": None if not run.settled_at else round(run.settled_at - t0, 2),
         "residual": run.residual,
         "residual_unacked": run.residual_detail,
@@ -515,10 +425,12 @@ CHECKS: tuple[Callable[[RunData], Findings], ...] = (
     check_outcomes,
     check_no_duplicate_charge,
     check_charges_match_successes,
+    check_succeeded_paid_and_notified,
     check_deliveries_signed,
     check_one_delivery_per_job,
     check_no_duplicate_delivery,
     check_files,
+    check_full_disk,
     check_retry_after,
     check_cooldown_overlaps,
     check_no_poll_after_end,
@@ -531,10 +443,11 @@ CHECKS: tuple[Callable[[RunData], Findings], ...] = (
 )
 
 REPORT_KEYS = (
-    "seed", "jobs", "jobs_by_origin", "kills", "worker_crashes", "restarts", "redis_downtime_s", "bursts",
-    "faults_served", "requests", "responses_429", "outcomes", "expected_outcomes", "lost",
-    "duplicate_charges", "ledger_entries", "ledger_totals", "duplicate_deliveries", "in_doubt_resends",
-    "deliveries", "retry_after_violations", "cooldown_overlaps", "polls_after_end", "url_refresh_gets",
+    "seed", "jobs", "jobs_by_origin", "status_source", "kills", "worker_crashes", "restarts",
+    "redis_downtime_s", "bursts", "faults_served", "requests", "responses_429", "outcomes",
+    "expected_outcomes", "lost", "duplicate_charges", "ledger_entries", "ledger_totals",
+    "succeeded_uncharged", "succeeded_unnotified", "duplicate_deliveries", "in_doubt_resends",
+    "deliveries", "storage_full", "retry_after_violations", "cooldown_overlaps", "polls_after_end", "url_refresh_gets",
     "url_403_without_refresh", "secret_leaks", "resume", "resume_p99_s", "sweeper", "sweeper_redrives",
     "handoff_refires", "stale_copies_dropped", "handoff_fires_gt1", "settle_s", "residual",
     "residual_unacked", "wall_s", "events", "kill_events",

@@ -11,6 +11,10 @@ One run:
 * real prefork ``celery -A seedance_worker worker`` processes (``tests/support/workers.py``), SIGKILLed as a
   whole process group at random moments and replaced;
 * the sweeper: a real ``celery -A seedance_worker beat`` process (``-s`` in the run's directory);
+* with ``full_disk_s``, the download directory on a small tmpfs of its own, full (``ENOSPC``) for
+  that long mid-run (disk.py);
+* status read in batch (list calls, the default) or per-job GETs: ``SEEDANCE_STATUS_SOURCE`` of
+  ``env`` (``with_status_source``);
 * N jobs: some created over HTTP with ``seedance_worker.submit`` (prompt markers pick the fate),
   most created in the simulator with scripts and tracked with ``seedance_worker.track``, a few
   unknown ids.
@@ -21,7 +25,8 @@ judges it (checks.py, one function per invariant); the report is a JSON-able dic
 list is empty only when every check held.
 
 The other modules: services.py (the webhook receiver, the recording simulator, the run's environment
-and Celery app), storm.py (workers, sweeper, SIGKILLs, Redis restarts), rundata.py (the data types).
+and Celery app), storm.py (workers, sweeper, SIGKILLs, Redis restarts), plan.py (the jobs and the
+chaos, drawn from the seed), disk.py (the full disk), rundata.py (the data types).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -42,16 +47,14 @@ import seedance_worker
 from seedance_worker.testing.redis import EmbeddedRedis
 from seedance_worker.testing.simulator import SimConfig
 from seedance_worker.testing.webhooks import WebhookReceiver, flaky
-from tests.faults import collect
+from tests.faults import collect, plan
 from tests.faults.checks import judge
+from tests.faults.disk import FullDisk
 from tests.faults.rundata import Job, RunData, Timeline
 from tests.faults.services import RecordingSimulator, driver_app, seedance_environ
 from tests.faults.storm import Storm
 
 MODEL = "seedance-1-5-pro-251215"
-
-Script = list[tuple[str, float | None]]  # the simulator's (status, seconds) steps of one task
-Scripted = tuple[Script, str, str | None]  # (script, fate, error_code)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,6 +83,9 @@ class FaultConfig:
     settle_timeout_s: float = 120.0  # after the last chaos event, every job must be done by then
     drain_timeout_s: float = 50.0  # then queues and unacked must empty (a VT restore included)
     quiet_s: float = 2.0  # and stay quiet this long, so late duplicates show up
+    full_disk_s: float = 0.0  # the download dir's filesystem is full (ENOSPC) this long; 0: never
+    full_disk_at_s: float | None = None  # when it fills (plan.full_disk_start: 40 % into tracking)
+    full_disk_mb: int = 64  # size of that tmpfs: room for every video once it is freed
     sim: SimConfig = field(
         default_factory=lambda: SimConfig(
             queued_s=1.0,
@@ -105,6 +111,13 @@ class FaultConfig:
             "SEEDANCE_POLL_QUEUED_INTERVAL_S": "1.5",
             "SEEDANCE_POLL_RUNNING_INTERVAL_S": "1",
             "SEEDANCE_POLL_LEASE_GRACE_S": "3",
+            "SEEDANCE_STATUS_SOURCE": "batch",  # with_status_source() switches it
+            # Batched status (the default) reads in rounds: as brisk as the per-job intervals above.
+            "SEEDANCE_BATCH_ROUND_S": "1",
+            "SEEDANCE_BATCH_QUEUED_INTERVAL_S": "1.5",
+            # The storm's vanished ids 404 from the start: under the default 180 s grace for a
+            # gateway's early 404 they would outlast the settle window; 5 s still exercises it.
+            "SEEDANCE_NOT_FOUND_GRACE_S": "5",
             "SEEDANCE_SWEEP_INTERVAL_S": "1",
             "SEEDANCE_HANDOFF_LEASE_S": "20",
             "SEEDANCE_NOTIFY_TIMEOUT_S": "5",
@@ -113,6 +126,12 @@ class FaultConfig:
             "SEEDANCE_DOWNLOAD_ALLOW_PRIVATE_HOSTS": "true",  # the simulator serves files on loopback
         }
     )
+
+
+def with_status_source(cfg: FaultConfig, source: Literal["batch", "get"]) -> FaultConfig:
+    """Status read by list calls of a chunk of jobs (``batch``) or one GET per job (``get``)."""
+    cfg.env["SEEDANCE_STATUS_SOURCE"] = source
+    return cfg
 
 
 def ci_config(seed: int | None = None) -> FaultConfig:
@@ -148,12 +167,16 @@ class FaultRun:
         self.rng = random.Random(self.seed)
         self.workdir = Path(workdir)
         self.logdir = self.workdir / "logs"
+        self.timeline = Timeline()
+        self.disk: FullDisk | None = None
         self.download_dir = self.workdir / "videos"
+        if cfg.full_disk_s > 0:
+            self.disk = FullDisk(self.workdir / "disk", cfg.full_disk_mb, self.timeline)
+            self.download_dir = self.disk.root / "videos"
         self.api_key = "sk-faults-" + secrets.token_hex(16)
         self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         self.jobs: dict[str, Job] = {}
         self.bursts: list[tuple[float, float, int]] = []  # (ts, duration_s, retry_after_s)
-        self.timeline = Timeline()
         self.storm = Storm(
             workdir=self.workdir,
             logdir=self.logdir,
@@ -214,11 +237,15 @@ class FaultRun:
             self.receiver.stop()
             self.sim.stop()
             self.redis.stop()
+            if self.disk is not None:
+                self.disk.unmount()  # the videos go with it (--keep keeps logs, AOF, request logs)
         return report
 
     def _start_services(self) -> dict[str, float]:
         """Redis, the simulator (fault-free for now) and the receiver; returns the faults to switch on."""
         self.logdir.mkdir(parents=True, exist_ok=True)
+        if self.disk is not None:
+            self.disk.mount()
         self.download_dir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "redis").mkdir(parents=True, exist_ok=True)
         self.redis = EmbeddedRedis(appendonly=True, workdir=str(self.workdir / "redis")).start()
@@ -235,86 +262,16 @@ class FaultRun:
         self.receiver = WebhookReceiver(self.webhook_secret, answer=answer).start()
         return faults
 
-    # ---- the plan --------------------------------------------------------------------------------
-
-    def _plan_jobs(self) -> tuple[list[tuple[str, str]], list[Scripted]]:
-        """(prompt, fate) for submits, and (script, fate, error_code) for simulator-created tasks."""
-        n_unknown = min(self.cfg.unknown_jobs, self.cfg.jobs)
-        n_submit = int((self.cfg.jobs - n_unknown) * self.cfg.submit_fraction)
-        n_track = self.cfg.jobs - n_unknown - n_submit
-        submits = [self._planned_submit(i) for i in range(n_submit)]
-        scripted = [self._planned_script() for _ in range(n_track)]
-        return submits, scripted
-
-    def _planned_submit(self, i: int) -> tuple[str, str]:
-        """A prompt whose marker picks the simulator's fate for it."""
-        roll = self.rng.random()
-        if roll < 0.15:
-            return (f"job {i}: a red fox in snow [fail]", "failed")
-        if roll < 0.25:
-            return (f"job {i}: a red fox in snow [expire]", "expired")
-        return (f"job {i}: a red fox in snow", "succeeded")
-
-    def _planned_script(self) -> Scripted:
-        """A simulator script: mostly succeeded, some through preprocessing, failed, expired, cancelled."""
-        u = self.rng.uniform
-        roll = self.rng.random()
-        if roll < 0.55:
-            return ([("queued", u(0.3, 3)), ("running", u(0.5, 4)), ("succeeded", None)], "succeeded", None)
-        if roll < 0.65:
-            steps: Script = [("queued", u(0.3, 2)), ("preprocessing", u(0.5, 2)), ("running", u(0.5, 2))]
-            return ([*steps, ("succeeded", None)], "succeeded", None)
-        if roll < 0.8:
-            return (
-                [("queued", u(0.3, 2)), ("running", u(0.5, 3)), ("failed", None)],
-                "failed",
-                "InternalServiceError",
-            )
-        if roll < 0.9:
-            return ([("queued", u(0.5, 3)), ("expired", None)], "expired", None)
-        return ([("queued", u(0.3, 3)), ("cancelled", None)], "cancelled", None)
-
-    def _schedule(self) -> list[tuple[float, str, Any]]:
-        cfg = self.cfg
-        events: list[tuple[float, str, Any]] = []
-        for _ in range(cfg.kills):
-            events.append((self.rng.uniform(cfg.chaos_start_s, cfg.chaos_end_s), "kill", None))
-        for _ in range(cfg.redis_restarts):
-            # Mid-run, after the tracking window's first half, so jobs are in every stage.
-            lo = max(cfg.chaos_start_s, cfg.track_window_s * 0.5)
-            events.append((self.rng.uniform(lo, max(lo, cfg.chaos_end_s)), "restart", None))
-        for _ in range(cfg.bursts):
-            dur = self.rng.uniform(*cfg.burst_duration_s)
-            ra = self.rng.choice(cfg.burst_retry_after_s)
-            events.append((self.rng.uniform(cfg.chaos_start_s * 0.5, cfg.chaos_end_s), "burst", (dur, ra)))
-        return sorted(events, key=lambda e: e[0])
-
-    def _timed_plan(self, scripted: list[Scripted]) -> list[tuple[float, str, Any]]:
-        """The tracks (scripted tasks and unknown ids, shuffled, spread over the tracking window) and
-        the chaos events, in time order (seconds after t0)."""
-        unknown = [
-            f"cgt-20990101{n:06d}-nf{n % 1000:03d}" for n in range(min(self.cfg.unknown_jobs, self.cfg.jobs))
-        ]
-        track_items: list[tuple[str, Any]] = [("script", s) for s in scripted] + [
-            ("unknown", u) for u in unknown
-        ]
-        self.rng.shuffle(track_items)
-        step = self.cfg.track_window_s / max(1, len(track_items))
-        plan: list[tuple[float, str, Any]] = [(i * step, "track", item) for i, item in enumerate(track_items)]
-        plan += self._schedule()
-        plan.sort(key=lambda e: e[0])
-        return plan
-
     # ---- the scenario ----------------------------------------------------------------------------
 
     def _scenario(self, faults: dict[str, float]) -> None:
         assert self.sim is not None
-        submits, scripted = self._plan_jobs()
+        submits, scripted = plan.plan_jobs(self.cfg, self.rng)
         self.timeline.t0 = time.time()
         self._submit_all(submits)
         self.sim.configure(**faults)
         self.timeline.note(f"{len(submits)} submitted; faults on")
-        for at, what, arg in self._timed_plan(scripted):
+        for at, what, arg in plan.timed_plan(self.cfg, self.rng, scripted):
             delay = self.timeline.t0 + at - time.time()
             if delay > 0:
                 time.sleep(delay)
@@ -342,6 +299,10 @@ class FaultRun:
             self.sim.burst_429(dur, ra)
             self.bursts.append((time.time(), dur, ra))
             self.timeline.note(f"429 burst {dur:.1f}s Retry-After {ra}")
+        elif what == "disk_full" and self.disk is not None:
+            self.disk.fill()
+        elif what == "disk_free" and self.disk is not None:
+            self.disk.free()
 
     def _track_one(self, item: tuple[str, Any]) -> None:
         assert self.sim is not None
@@ -435,6 +396,8 @@ class FaultRun:
             bursts=self.bursts,
             crashes=self.storm.crashes,
             sweeper=self.cfg.sweeper,
+            status_source=self.cfg.env.get("SEEDANCE_STATUS_SOURCE", "batch"),
+            full_disk=None if self.disk is None else self.disk.report(),
             settle_timeout_s=self.cfg.settle_timeout_s,
             settled_at=self.settled_at,
             drained=self.drained,
@@ -464,9 +427,10 @@ class FaultRun:
 def summary(report: dict[str, Any]) -> str:
     """The headline numbers of a report, one line each (for test messages and the bench)."""
     keys = (
-        "seed", "jobs", "kills", "restarts", "faults_served", "outcomes", "lost", "duplicate_charges",
-        "duplicate_deliveries", "in_doubt_resends", "retry_after_violations", "polls_after_end", "url_refresh_gets", "secret_leaks",
-        "resume_p99_s", "sweeper_redrives", "settle_s", "wall_s",
+        "seed", "jobs", "status_source", "kills", "restarts", "faults_served", "requests", "outcomes", "lost",
+        "duplicate_charges", "succeeded_uncharged", "succeeded_unnotified", "duplicate_deliveries",
+        "in_doubt_resends", "storage_full", "retry_after_violations", "polls_after_end", "url_refresh_gets",
+        "secret_leaks", "resume_p99_s", "sweeper_redrives", "settle_s", "wall_s",
     )  # fmt: skip
     lines = [f"{k}: {report.get(k)}" for k in keys]
     if report.get("worker_crashes"):

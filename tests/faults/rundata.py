@@ -56,6 +56,17 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[k]
 
 
+def listed_ids(rec: RequestRecord) -> list[str]:
+    """The task ids a list call names, as the simulator reads them (repeated or comma-separated)."""
+    ids = (i for v in rec.query.get("filter.task_ids", []) for i in v.split(",") if i)
+    return list(dict.fromkeys(ids))
+
+
+def what(rec: RequestRecord) -> str:
+    """``GET`` or ``list call``: how a failure line names a request."""
+    return "list call" if rec.kind == "list" else rec.method
+
+
 @dataclass
 class RunData:
     """Everything one run gathered, for the checks (no I/O from here on)."""
@@ -69,6 +80,8 @@ class RunData:
     bursts: list[tuple[float, float, int]] = field(default_factory=list)  # (ts, duration_s, retry_after_s)
     crashes: list[dict[str, Any]] = field(default_factory=list)  # workers that exited on their own
     sweeper: str = "beat"
+    status_source: str = "batch"  # SEEDANCE_STATUS_SOURCE of the run
+    full_disk: dict[str, Any] | None = None  # FullDisk.report() when the disk was filled for a window
     settle_timeout_s: float = 120.0
     settled_at: float | None = None
     drained: bool = False
@@ -109,6 +122,18 @@ class RunData:
         for rec in self.requests:
             if rec.kind == "get" and rec.task_id:
                 out[rec.task_id].append(rec)
+        return out
+
+    def reads(self) -> dict[str, list[RequestRecord]]:
+        """Every request naming a task, by task id, in log order: its GETs, and each list call
+        whose ``filter.task_ids`` names it (the list record itself, shared by all it names)."""
+        out: dict[str, list[RequestRecord]] = defaultdict(list)
+        for rec in self.requests:
+            if rec.kind == "get" and rec.task_id:
+                out[rec.task_id].append(rec)
+            elif rec.kind == "list":
+                for tid in listed_ids(rec):
+                    out[tid].append(rec)
         return out
 
     def files_403(self) -> dict[str, list[RequestRecord]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from typing import Any
 
 import redis
@@ -45,3 +46,40 @@ def canvas_step(outcome: dict[str, Any], tag: str = "") -> dict[str, Any]:
 def collect(outcomes: list[dict[str, Any]]) -> list[str]:
     """A chord body over several polls."""
     return sorted(o["task_id"] for o in outcomes)
+
+
+USER_KEY = "test:user_step"
+
+
+@shared_task(name="tests.user_step")
+def user_step(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A user's pipeline task after seedance.poll: what it got from the downstream chain."""
+    video = outcome.get("video") or {}
+    uri = video.get("uri") or ""
+    path = urllib.parse.unquote(urllib.parse.urlsplit(uri).path) if uri.startswith("file:") else None
+    seen = {
+        "task_id": outcome["task_id"],
+        "video_path": path,
+        "video_exists": bool(path) and os.path.exists(path),
+        "video_sha256": video.get("sha256"),
+        "charge": outcome.get("charge"),
+        "notified": (outcome.get("notification") or {}).get("delivered"),
+        "step_errors": outcome.get("step_errors") or {},
+    }
+    _redis().rpush(USER_KEY, json.dumps(seen))
+    return seen
+
+
+@shared_task(name="tests.user_chord_body")
+def user_chord_body(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A chord body over several polls: one summary per finished Outcome."""
+    return [user_step.run(o) for o in outcomes]
+
+
+STATUS_KEY = "test:status_change"
+
+
+@shared_task(name="tests.status_hook")
+def status_hook(change: dict[str, Any]) -> None:
+    """SEEDANCE_ON_STATUS_CHANGE: records each remote status transition it is told of."""
+    _redis().rpush(STATUS_KEY, json.dumps(change))

@@ -15,7 +15,7 @@ import pytest
 from seedance_worker.engine.store import get_store, reset_stores
 from seedance_worker.errors import ConfigError
 from seedance_worker.models import Charge, Outcome
-from seedance_worker.pricing import compute_amount, format_amount, load_price_table, price_for
+from seedance_worker.pricing import PriceBlock, compute_amount, format_amount, load_price_table, price_for
 from seedance_worker.settings import get_settings, reset_settings_cache
 from seedance_worker.steps.charge import (
     LEDGER,
@@ -182,10 +182,20 @@ def test_list_ledger_totals(ledger: Any, env: pytest.MonkeyPatch, tmp_path: Path
     assert [e["task_id"] for e in last] == [ids[2]]
 
 
-def test_not_succeeded_passes_through(ledger: Any) -> None:
-    outcome = make_outcome(new_id(), status="failed")
+def test_not_succeeded_without_usage_passes_through(ledger: Any) -> None:
+    """A job that ended without a video and without usage is charged nothing."""
+    outcome = make_outcome(new_id(), status="failed", tokens=None)
     assert charge_usage(outcome) == outcome
     assert ledger.hlen(LEDGER_BY_TASK) == 0
+
+
+def test_not_succeeded_with_usage_is_charged(ledger: Any) -> None:
+    """A failed task the API reports usage for is billed by Ark, so it gets its entry."""
+    tid = new_id()
+    result = charge_usage(make_outcome(tid, status="failed", tokens=5000))
+    assert result["charge"]["completion_tokens"] == 5000
+    entry = json.loads(ledger.hget(LEDGER_BY_TASK, tid))
+    assert entry["status"] == "failed" and entry["completion_tokens"] == 5000
 
 
 def test_amount_formatting() -> None:
@@ -195,7 +205,7 @@ def test_amount_formatting() -> None:
     assert compute_amount(200_000_000, Decimal("0.5")) == "100"
     assert compute_amount(None, Decimal("1")) is None
     assert format_amount(Decimal("1E+3")) == "1000"
-    table = {(MODEL, "default"): Decimal("2"), ("*", "flex"): Decimal("1")}
+    table = {MODEL: PriceBlock({"default": Decimal("2")}), "*": PriceBlock({"flex": Decimal("1")})}
     assert price_for(table, MODEL, None) == Decimal("2")
     assert price_for(table, MODEL, "flex") == Decimal("1")
     assert price_for(table, "other", "default") is None

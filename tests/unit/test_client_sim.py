@@ -41,10 +41,10 @@ def test_create_get_list_delete(server: Simulator) -> None:
     time.sleep(0.3)
     done = c.get_task(ids[0])
     assert done.status is Status.SUCCEEDED and done.video_url and done.usage and done.usage.completion_tokens
-    lst = c.list_tasks(task_ids=ids[:2])
+    lst = c.list_page(task_ids=ids[:2])
     assert lst.total == 2 and {i.id for i in lst.items} == set(ids[:2])
-    assert c.list_tasks(status="succeeded", model="seedance-1-5-pro-251215").total == 3
-    page = c.list_tasks(page_size=2, page_num=2)
+    assert c.list_page(status="succeeded", model="seedance-1-5-pro-251215").total == 3
+    page = c.list_page(page_size=2, page_num=2)
     assert page.total == 3 and len(page.items) == 1
     c.delete_task(ids[0])
     with pytest.raises(errors.TaskNotFound):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from seedance_worker.engine.store import get_store
-from seedance_worker.errors import DownloadError
+from seedance_worker.errors import DownloadError, RateLimited
 from seedance_worker.models import Outcome, TaskSnapshot, VideoFile
 from seedance_worker.settings import get_settings, reset_settings_cache
 from seedance_worker.steps import download as download_mod
@@ -489,9 +489,7 @@ def test_a_name_that_rebinds_to_loopback_is_refused_at_connect(
     ],
     ids=["port-out-of-range", "tab-in-host", "tab-in-path", "space", "newline", "bad-ipv6", "no-scheme"],
 )
-def test_malformed_urls_are_recorded_as_invalid_url(
-    files: FileServer, download_dir: Path, url: str
-) -> None:
+def test_malformed_urls_are_recorded_as_invalid_url(files: FileServer, download_dir: Path, url: str) -> None:
     """A URL requests cannot parse (or that parsers read differently) is a typed step error, not a
     failed task: the chain goes on to charge and notify."""
     tid = new_id()
@@ -522,7 +520,9 @@ class _FullDisk:
         return getattr(self._fh, name)
 
 
-def _fill_the_disk(monkeypatch: pytest.MonkeyPatch, failures: int, code: int = errno.ENOSPC) -> dict[str, int]:
+def _fill_the_disk(
+    monkeypatch: pytest.MonkeyPatch, failures: int, code: int = errno.ENOSPC
+) -> dict[str, int]:
     state = {"failures": failures}
     real = LocalStorage.open_partial
 
@@ -548,6 +548,50 @@ def test_a_full_disk_is_retried_and_the_video_then_stored(
     assert result["step_errors"] == {}
     assert (download_dir / f"{tid}.mp4").read_bytes() == VIDEO
     assert len(files.hits(f"/files/{tid}.mp4")) == 3
+
+
+def test_waiting_out_the_apis_429_does_not_spend_the_downloads_retries(
+    files: FileServer, download_dir: Path, env: pytest.MonkeyPatch
+) -> None:
+    """Seen in the fault storm: a disk full for a while and a 429 burst added up to 6 attempts and a
+    recorded error. Six URL refreshes answered 429, then two attempts on a full disk: the ninth
+    attempt stores the video (the 429 holds count apart, MAX_HOLDS of them)."""
+    state = _fill_the_disk(env, failures=2)
+    tid = new_id()
+    stale = files.add(f"/old/{tid}.mp4", Route(statuses=[403] * 20))
+    fresh = files.add(f"/new/{tid}.mp4")
+    calls: list[str] = []
+
+    class RateLimitedClient:
+        def get_task(self, task_id: str) -> TaskSnapshot:
+            calls.append(task_id)
+            if len(calls) <= 6:
+                raise RateLimited("GET: slow down", 429, "RateLimitExceeded", None, None, 0.001)
+            return TaskSnapshot.model_validate(
+                {"id": task_id, "status": "succeeded", "content": {"video_url": fresh}}
+            )
+
+    env.setattr(download_mod, "get_client", lambda settings=None: RateLimitedClient())
+    result = download_video.apply(args=(make_outcome(tid, stale),)).get()
+    assert result["step_errors"] == {}, result["step_errors"]
+    assert (download_dir / f"{tid}.mp4").read_bytes() == VIDEO
+    assert len(calls) == 9 and state["failures"] == 0
+    assert len(files.hits(f"/old/{tid}.mp4")) == 9
+
+
+def test_next_attempt_counts_429_holds_apart() -> None:
+    from seedance_worker.steps.download import MAX_HOLDS, MAX_RETRIES, next_attempt
+    from seedance_worker.steps.failures import Failure
+
+    full = Failure("storage_full", "the download dir is full", transient=True)
+    pause = Failure("url_expired", "the API asked for a pause (429)", transient=True, not_before_s=2.0)
+    assert next_attempt(MAX_RETRIES, 0, full, 5.0) is None  # the 6th failure on its own: recorded
+    countdown, holds = next_attempt(MAX_RETRIES + 2, 3, full, 5.0) or (0.0, -1)  # 3 of 7 were holds
+    assert holds == 3 and 4.0 <= countdown <= 5.0
+    countdown, holds = next_attempt(MAX_RETRIES, 0, pause, 300.0) or (0.0, -1)  # retries spent: still waits
+    assert holds == 1 and countdown >= 2.1
+    assert next_attempt(MAX_RETRIES + MAX_HOLDS, MAX_HOLDS, pause, 5.0) is None  # holds run out too
+    assert next_attempt(0, 0, pause, 1.0) == (1.0, 1)  # never past the countdown cap
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG], ids=["ENOSPC", "EFBIG"])
@@ -602,7 +646,9 @@ def test_failure_decisions() -> None:
     assert classify(DownloadError("x", "too_large")).kind == "too_large"
     assert classify(Transient("x", "http_error", 3.0)).not_before_s == 3.0
     assert classify(ValueError("x")).step_error() == {
-        "type": "DownloadError", "kind": "internal_error", "message": "ValueError: x"
+        "type": "DownloadError",
+        "kind": "internal_error",
+        "message": "ValueError: x",
     }
 
 

@@ -4,6 +4,7 @@ each planted violation is caught by its check (and fails the report)."""
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 from seedance_worker.engine.store import JobRecord
@@ -26,6 +27,17 @@ def get(tid: str, ts: float, status: int = 200, fault: str | None = None, rid: s
     )  # fmt: skip
 
 
+def listing(
+    ids: list[str], ts: float, status: int = 200, fault: str | None = None, rid: str = ""
+) -> RequestRecord:
+    """A batch-mode list call naming ``ids`` (as the client sends them: one filter.task_ids each)."""
+    return RequestRecord(
+        ts=ts, method="GET", path="/api/v3/contents/generations/tasks", task_id=None, status=status,
+        request_id=rid or f"l-{ts}", kind="list", fault=fault, headers={},
+        query={"page_num": ["1"], "page_size": [str(len(ids))], "filter.task_ids": ids},
+    )  # fmt: skip
+
+
 def file_403(tid: str, ts: float) -> RequestRecord:
     return RequestRecord(
         ts=ts, method="GET", path=f"/files/{tid}.mp4", task_id=tid, status=403, request_id=f"f-{tid}-{ts}",
@@ -44,7 +56,9 @@ def record(tid: str, status: str, terminal_at: float) -> JobRecord:
 
 def delivery(tid: str, status: str, ts: float, code: int = 200) -> Delivery:
     payload = {"task_id": tid, "status": status}
-    return Delivery(ts, "/hooks/seedance", {"webhook-id": webhook_id(tid, status)}, b"{}", code, True, None, payload)
+    return Delivery(
+        ts, "/hooks/seedance", {"webhook-id": webhook_id(tid, status)}, b"{}", code, True, None, payload
+    )
 
 
 def clean_run() -> RunData:
@@ -129,9 +143,9 @@ def test_poll_after_the_end_fails_but_a_url_refresh_does_not() -> None:
     found = checks.check_no_poll_after_end(run)
     assert found.fields["polls_after_end"] == 1 and found.fields["url_refresh_gets"] == 1
     assert found.failures == [
-        "t-bad: 1 GET(s) after the terminal poll (1006.000) not explained by a URL refresh"
+        "t-bad: 1 read(s) after the terminal poll (1006.000) not explained by a URL refresh (1 GET, 0 list call)"
     ]
-    assert found.details[0]["gets_after"] == [(3.0, 200, None)]
+    assert found.details[0]["reads_after"] == [(3.0, "GET", 200, None)]
 
 
 def test_get_before_retry_after_fails_by_arrival_time() -> None:
@@ -140,7 +154,7 @@ def test_get_before_retry_after_fails_by_arrival_time() -> None:
     run.retry_after = {"r429": 2.0}
     found = checks.check_retry_after(run)
     assert found.fields == {"responses_429": 1, "retry_after_violations": 1}
-    assert found.failures == ["t-ok: GET 1.500s after a 429 (429_burst) with Retry-After 2"]
+    assert found.failures == ["t-ok: GET 1.500s after a 429 to a GET (429_burst) with Retry-After 2"]
     run.retry_after = {"r429": 1.0}
     assert checks.check_retry_after(run).failures == []
 
@@ -192,3 +206,111 @@ def test_resume_over_budget_fails() -> None:
     run.requests = [r for r in run.requests if r.task_id != "t-ok" or r.ts >= T0 + 40]
     found = checks.check_resume_budget(run)
     assert found.failures == ["t-ok: resumed 37.0 s after its worker's SIGKILL (> 35 s)"]
+
+
+def test_a_list_call_naming_a_job_inside_a_retry_after_fails() -> None:
+    """A 429 to a list call holds every job it names; a 429 to a GET holds the list calls too."""
+    run = clean_run()
+    run.requests += [
+        listing(["t-ok", "t-bad"], T0 + 2, status=429, fault="429_burst", rid="L429"),
+        get("t-ok", T0 + 2.5),  # inside the list call's Retry-After: a violation for t-ok
+        listing(["t-other"], T0 + 2.6),  # names neither job: no violation
+    ]
+    run.retry_after = {"L429": 2.0}
+    found = checks.check_retry_after(run)
+    assert found.fields == {"responses_429": 1, "retry_after_violations": 1}
+    assert found.failures == ["t-ok: GET 0.500s after a 429 to a list call (429_burst) with Retry-After 2"]
+
+    run = clean_run()
+    run.requests += [
+        get("t-bad", T0 + 3, status=429, fault="429_burst", rid="g429"),
+        listing(["t-ok", "t-bad"], T0 + 4, rid="L1"),  # t-bad named 1 s into its 3-s Retry-After
+        listing(["t-bad"], T0 + 4.5, status=429, fault="429_burst", rid="L2"),  # early too
+    ]
+    run.retry_after = {"g429": 3.0, "L2": 1.0}
+    found = checks.check_retry_after(run)
+    # Each early request counted once, though L2 also opens a window of its own.
+    assert found.fields == {"responses_429": 2, "retry_after_violations": 2}
+    assert found.failures == ["t-bad: list call 1.000s after a 429 to a GET (429_burst) with Retry-After 3"]
+
+
+def test_a_list_call_naming_a_job_after_its_end_is_a_poll_after_the_end() -> None:
+    run = clean_run()
+    run.requests += [listing(["t-ok", "t-bad"], T0 + 4)]  # before either ended: fine
+    assert checks.check_no_poll_after_end(run).fields["polls_after_end"] == 0
+    # after t-ok's end, and after its download's 403: still a poll, only a GET can be a URL refresh
+    run.requests += [listing(["t-ok"], T0 + 7.1)]
+    found = checks.check_no_poll_after_end(run)
+    assert found.fields["polls_after_end"] == 1 and found.fields["url_refresh_gets"] == 1
+    assert found.failures == [
+        "t-ok: 1 read(s) after the terminal poll (1005.000) not explained by a URL refresh (0 GET, 1 list call)"
+    ]
+
+
+def test_resume_counts_a_list_call_as_the_next_read() -> None:
+    run = clean_run()
+    run.records["t-ok"] = record("t-ok", "succeeded", T0 + 50)
+    run.kills = [KillEvent(T0 + 3, "w2", ["t-ok"], True)]
+    run.requests = [r for r in run.requests if r.task_id != "t-ok"] + [listing(["t-bad", "t-ok"], T0 + 4)]
+    assert checks.check_resume_budget(run).fields["resume"]["p50_s"] == 1.0
+
+
+def test_succeeded_job_without_charge_or_notification_is_counted() -> None:
+    run = clean_run()
+    run.ledger_ids, run.ledger_entries = [], []
+    run.deliveries = [d for d in run.deliveries if d.task_id != "t-ok"]
+    found = checks.check_succeeded_paid_and_notified(run)
+    assert found.fields == {"succeeded_uncharged": 1, "succeeded_unnotified": 1}
+    assert found.failures == ["t-ok: succeeded but no 2xx notification"]
+    report = checks.judge(run)
+    assert report["succeeded_uncharged"] == 1 and "t-ok: succeeded but not charged" in report["failures"]
+
+
+FULL = "the download dir is full (ENOSPC: No space left on device) writing /d/.t-ok.mp4.part"
+
+
+def _log_line(ts: float, text: str) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f",{int(ts * 1000) % 1000:03d}"
+    return f"[{stamp}: INFO/ForkPoolWorker-1] {text}"
+
+
+def full_disk_run(stored_at: float) -> Any:
+    run = clean_run()
+    run.full_disk = {"window": (T0 + 2, T0 + 6), "max_free_bytes_while_full": 0}
+    run.logs["w2.log"] = "\n".join([
+        _log_line(T0 + 3, f"download task=t-ok: {FULL}; retry 1/5 in 5s"),
+        _log_line(T0 + 5, f"download task=t-ok: {FULL}; retry 2/5 in 5s"),
+        _log_line(stored_at, "download task=t-ok video stored file:///d/t-ok.mp4 bytes=5 sha256=00"),
+    ])  # fmt: skip
+    return run
+
+
+def test_full_disk_hit_and_waited_out_passes() -> None:
+    found = checks.check_full_disk(full_disk_run(stored_at=T0 + 8))
+    assert found.failures == []
+    assert found.fields["storage_full"] == {
+        "window_s": [2.0, 6.0], "retries": 2, "errnos": {"ENOSPC": 2}, "jobs_hit": 1,
+        "jobs_stored_after_free": 1, "jobs_gave_up": 0, "jobs_refired_by_sweeper": 0,
+        "max_free_bytes_while_full": 0,
+    }  # fmt: skip
+
+
+def test_full_disk_that_nothing_hit_or_a_job_that_gave_up_fails() -> None:
+    run = full_disk_run(stored_at=T0 + 4)  # "stored" while the disk was full: not waited out
+    assert checks.check_full_disk(run).failures == [
+        f"t-ok: hit the full disk but its video was not stored after it was freed (stored at {T0 + 4})"
+    ]
+    run = full_disk_run(stored_at=T0 + 8)
+    run.logs["w2.log"] += (
+        "\ndownload task=t-ok failed kind=storage_full: " + FULL + " (gave up after 6 attempts)"
+    )
+    assert checks.check_full_disk(run).failures == [
+        "t-ok: gave up on a full disk (storage_full) instead of waiting it out"
+    ]
+    run = clean_run()
+    run.full_disk = {"window": (T0 + 2, T0 + 6), "max_free_bytes_while_full": 4096}
+    assert checks.check_full_disk(run).failures == [
+        "the disk was full but no download hit it (no storage_full retry in any log)",
+        "the full disk still had 4096 bytes free",
+    ]
+    assert checks.check_full_disk(clean_run()).failures == []  # no full disk planned: nothing to judge

@@ -95,3 +95,34 @@ def test_install_adds_the_seedance_queues_beside_the_default_one(env: pytest.Mon
     install(app)
     assert [q.name for q in app.conf.task_queues] == ["celery", "p", "q"]
     assert app.amqp.queues["celery"].routing_key == "celery"
+
+
+def test_a_bad_conf_value_is_named_as_the_host_wrote_it(env: pytest.MonkeyPatch) -> None:
+    """A bad app.conf value names its app.conf key (Django's CELERY_SEEDANCE_* spelling included), and
+    a bad install() value its field, never a SEEDANCE_* variable the host never set."""
+    with pytest.raises(ConfigError, match=r"app\.conf seedance_poll_min_interval_s: .*\(got -1\)"):
+        host.adopt(_app(seedance_poll_min_interval_s=-1), None)
+
+    class DjangoSettings:
+        CELERY_BROKER_URL = "redis://broker.example:6379/3"
+        CELERY_SEEDANCE_NOTIFY_MAX_ATTEMPTS = "many"
+
+    app = Celery("django_host", set_as_current=False)
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    with pytest.raises(ConfigError, match=r"app\.conf CELERY_SEEDANCE_NOTIFY_MAX_ATTEMPTS: ") as info:
+        host.adopt(app, None)
+    assert "SEEDANCE_NOTIFY_MAX_ATTEMPTS:" not in str(info.value).replace("CELERY_SEEDANCE", "")
+    with pytest.raises(ConfigError, match=r"install\(settings=\.\.\.\) post_queue: "):
+        host.adopt(_app(), {"post_queue": ""})
+
+
+def test_on_status_change_takes_a_task_name_or_a_signature(env: pytest.MonkeyPatch) -> None:
+    """SEEDANCE_ON_STATUS_CHANGE: a name, or a signature (JSON, or a Signature given to install())."""
+    from celery import signature
+
+    assert host.adopt(_app(), {"on_status_change": "myapp.progress"}).on_status_change == "myapp.progress"
+    sig = signature("myapp.progress", kwargs={"channel": "ops"})
+    got = host.adopt(_app(), {"on_status_change": sig}).on_status_change
+    assert got is not None and '"task": "myapp.progress"' in got and '"channel": "ops"' in got
+    with pytest.raises(ConfigError, match="on_status_change: a JSON signature needs a"):
+        host.adopt(_app(), {"on_status_change": '{"args": []}'})

@@ -85,7 +85,7 @@ def expired_record(store: JobStore, tid: str) -> None:
 def test_the_sweeper_drops_ids_of_expired_records_and_keeps_every_job_in_flight(r: redis.Redis) -> None:
     """After a completed record's TTL ran out (or a record vanished), one sweep removes its id from
     seedance:jobs; a polling job, a job handing off and a finished record within its TTL are left
-    exactly as they were (record, index, lease)."""
+    exactly as they were (record, index entry, lease)."""
     store = get_store(get_settings())
     polling, handing_off, finished, expired, vanished = (new_id() for _ in range(5))
     register(store, polling)
@@ -96,14 +96,21 @@ def test_the_sweeper_drops_ids_of_expired_records_and_keeps_every_job_in_flight(
     assert store.complete(finished, ttl_s=3600, fields={}) == 1
     expired_record(store, expired)
     register(store, vanished)
-    r.delete(keys.job(vanished))
+    assert store.finish(vanished, 1, lease_at=time.time() + FAR_S, fields={})
+    assert store.complete(vanished, ttl_s=3600, fields={}) == 1
+    r.delete(keys.job(vanished))  # a finished record lost before its TTL ran out
+    assert r.zscore(keys.JOBS, expired) is not None and r.zscore(keys.JOBS, vanished) is not None
     kept = (polling, handing_off, finished)
-    before = {tid: (r.hgetall(keys.job(tid)), r.zscore(keys.JOBS, tid), r.zscore(keys.DUE, tid)) for tid in kept}
+    before = {
+        tid: (r.hgetall(keys.job(tid)), r.zscore(keys.JOBS, tid), r.zscore(keys.DUE, tid)) for tid in kept
+    }
 
     assert run_sweep(get_settings()) == 0  # nothing overdue: nothing re-driven
 
     assert r.zscore(keys.JOBS, expired) is None and r.zscore(keys.JOBS, vanished) is None
-    after = {tid: (r.hgetall(keys.job(tid)), r.zscore(keys.JOBS, tid), r.zscore(keys.DUE, tid)) for tid in kept}
+    after = {
+        tid: (r.hgetall(keys.job(tid)), r.zscore(keys.JOBS, tid), r.zscore(keys.DUE, tid)) for tid in kept
+    }
     assert after == before
     assert r.ttl(keys.job(polling)) == -1 and r.ttl(keys.job(handing_off)) == -1  # in flight: no TTL
 
@@ -115,8 +122,13 @@ def test_small_scan_steps_cover_the_whole_index_in_one_pass(r: redis.Redis) -> N
     live = [new_id() for _ in range(150)]
     gone = [new_id() for _ in range(60)]
     now = time.time()
-    regs = store.register_many([(tid, "owner") for tid in live + gone], now=now, lease_at=now + FAR_S, fields={})
+    regs = store.register_many(
+        [(tid, "owner") for tid in live + gone], now=now, lease_at=now + FAR_S, fields={}
+    )
     assert all(reg.created for reg in regs)
+    for tid in live + gone:  # finished records: the jobs index lists them until their TTL runs out
+        assert store.finish(tid, 1, lease_at=now + FAR_S, fields={})
+        assert store.complete(tid, ttl_s=3600, fields={}) == 1
     r.delete(*[keys.job(tid) for tid in gone])  # as if their TTL had run out
     removed, steps = store.trim_jobs_index(count=10), 1
     while store.index_cursor != 0:
@@ -220,8 +232,9 @@ def test_ledger_export_writes_every_entry_as_one_json_line(
     assert "exported 2 ledger entries" in out.err
     assert main(["ledger", "--export", "jsonl", "--since", str(time.time() - DAY_S)]) == 0
     assert [json.loads(line)["task_id"] for line in capsys.readouterr().out.splitlines()] == [new]
-    assert main(["ledger", "--since", "0"]) == 1
-    assert "--since goes with --export jsonl" in capsys.readouterr().err
+    # --since narrows the totals too.
+    assert main(["ledger", "--format", "json", "--since", str(time.time() - DAY_S)]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["count"] == 1
 
 
 # --- delivery records -----------------------------------------------------------------------------

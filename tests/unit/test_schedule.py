@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import itertools
 import random
 
 import pytest
 
 from seedance_worker import errors
-from seedance_worker.engine.poll import Finish, Reschedule, decide, wait_for_not_before
+from seedance_worker.engine.decide import Finish, Reschedule, decide, wait_for_not_before
 from seedance_worker.engine.schedule import Schedule
 from seedance_worker.engine.store import JobRecord
 from seedance_worker.models import TaskSnapshot
+from seedance_worker.settings import load_settings
+from seedance_worker.track import first_countdowns
 
 S = Schedule(first_delay_s=1, min_interval_s=2, max_interval_s=30, queued_interval_s=10,
              running_interval_s=4, backoff_factor=1.5, deadline_grace_s=900, countdown_cap_s=300)  # fmt: skip
@@ -32,6 +36,30 @@ class Bottom:
 def test_first_poll_comes_soon_even_below_the_minimum() -> None:
     """Rule 1: the first countdown is first_delay_s, the only one below the minimum."""
     assert S.first_countdown() == 1 < S.min_interval_s
+
+
+def test_first_poll_is_jittered_around_the_first_delay() -> None:
+    """Rule 1: with first_jitter_ratio r the first countdown lies in first_delay_s x [1 - r, 1 + r]."""
+    j = dataclasses.replace(S, first_delay_s=4, first_jitter_ratio=0.5)
+    assert (j.first_countdown(Bottom()), j.first_countdown(Top())) == (2, 6)
+    rng = random.Random(7)
+    values = [j.first_countdown(rng) for _ in range(2000)]
+    assert min(values) >= 2 and max(values) <= 6 and len({round(v, 3) for v in values}) > 1500
+    assert 3.8 < sum(values) / len(values) < 4.2  # centred: the mean first poll does not move
+    assert dataclasses.replace(j, first_jitter_ratio=0).first_countdown(Top()) == 4
+    assert dataclasses.replace(j, first_delay_s=0).first_countdown(Top()) == 0
+    assert dataclasses.replace(j, first_delay_s=400).first_countdown(Top()) == S.countdown_cap_s
+
+
+def test_ids_tracked_together_get_first_polls_spread_over_seconds() -> None:
+    """130 ids in one track_many(): with the default settings (5 s +- 50 %) no second of the
+    five holds more than a third of the first polls, and they land on ~130 different milliseconds."""
+    schedule = Schedule.from_settings(load_settings({}))
+    countdowns = first_countdowns(schedule, 130, random.Random(3))
+    assert min(countdowns) >= 2.5 and max(countdowns) <= 7.5
+    per_second = collections.Counter(int(c) for c in countdowns)
+    assert max(per_second.values()) < 130 / 3
+    assert len({round(c, 3) for c in countdowns}) > 120
 
 
 def test_queued_is_polled_slower_than_running() -> None:

@@ -14,7 +14,7 @@ def test_defaults_match_the_interface() -> None:
     assert s.api_base_url == "https://ark.ap-southeast.bytepluses.com/api/v3"
     assert s.redis_url == "redis://localhost:6379/0"
     assert s.on_succeeded == ["seedance.download_video", "seedance.charge_usage", "seedance.notify"]
-    assert s.on_failed == ["seedance.notify"]
+    assert s.on_failed == ["seedance.charge_usage", "seedance.notify"]
     assert "*.volces.com" in s.download_allowed_hosts and "*.bytepluses.com" in s.download_allowed_hosts
     assert s.poll_min_interval_s < s.poll_max_interval_s
     assert (s.intake_header_timeout_s, s.intake_body_timeout_s, s.intake_max_connections) == (10, 10, 64)

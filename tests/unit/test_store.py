@@ -17,9 +17,11 @@ import pytest
 import redis
 
 from seedance_worker import keys
-from seedance_worker.engine.store import LAG_WINDOW_S, JobRecord, JobStore, Overdue, encode_fields
+from seedance_worker.engine.store import LAG_WINDOW_S, JobRecord, JobStore, encode_fields
+from seedance_worker.engine.store_rows import Overdue
 
 NOW = 4_000_000_000.0  # tracked_at: above any real clock, so all() lists these jobs first
+GRACE = 10.0  # the lease a parked job has past its due time, in these tests
 _bands = itertools.count()
 
 
@@ -83,8 +85,8 @@ def redis_now_us(r: redis.Redis) -> int:
 # --- register ---------------------------------------------------------------------------------
 
 
-def test_register_writes_the_record_the_jobs_index_and_the_due_lease(lab: Lab) -> None:
-    """A first registration creates a polling record at gen 1 owned by the caller, lists it in the jobs index at `now` and leases it in the due index, with no parked entry."""
+def test_register_writes_the_record_and_its_one_entry_a_due_lease(lab: Lab) -> None:
+    """A first registration creates a polling record at gen 1 owned by the caller and leases it in the due index, with no parked entry and none in the jobs index (that lists finished records)."""
     tid = lab.new_id()
     reg = lab.store.register(tid, "chain-a", now=NOW, lease_at=lab.t + 30, fields={"status": "queued"})
     assert (reg.created, reg.owner, reg.state) == (True, "chain-a", "polling")
@@ -99,16 +101,17 @@ def test_register_writes_the_record_the_jobs_index_and_the_due_lease(lab: Lab) -
         "queued",
     )
     assert rec.tracked_at == NOW
-    assert lab.r.zscore(keys.JOBS, tid) == NOW
+    assert lab.r.zscore(keys.JOBS, tid) is None
     assert lab.due(tid) == lab.t + 30
     assert lab.parked(tid) is None
 
 
-def test_register_with_park_at_writes_the_parked_entry(lab: Lab) -> None:
-    """With park_at > 0 the registration also parks the job in the parked index at park_at."""
+def test_register_with_park_at_writes_the_parked_entry_instead_of_a_lease(lab: Lab) -> None:
+    """With park_at > 0 the registration parks the job in the parked index at park_at, and that is
+    its one entry: no lease in due (its lease is the parked time + the grace)."""
     tid = lab.job(lease=40, park=25)
     assert lab.parked(tid) == lab.t + 25
-    assert lab.due(tid) == lab.t + 40
+    assert lab.due(tid) is None
 
 
 def test_register_twice_creates_nothing_and_returns_the_first_owner_and_state(lab: Lab) -> None:
@@ -137,6 +140,24 @@ def test_register_many_mixes_new_and_existing_ids(lab: Lab) -> None:
         rec = lab.store.get(tid)
         assert rec is not None and rec.owner == owner and rec.status == "queued"
         assert lab.due(tid) == lab.t + 50
+
+
+def test_register_many_takes_a_lease_and_a_park_time_per_item(lab: Lab) -> None:
+    """Jittered first polls: each id is leased, or parked, at its own time; a list of the wrong length
+    is refused before anything is written."""
+    a, b, c, d = (lab.new_id() for _ in range(4))
+    regs = lab.store.register_many([(a, "oa"), (b, "ob")], now=NOW, lease_at=[lab.t + 10, lab.t + 20],
+                                   fields={})  # fmt: skip
+    regs += lab.store.register_many([(c, "oc"), (d, "od")], now=NOW, lease_at=lab.t + 30, fields={},
+                                    park_at=[lab.t + 1, lab.t + 2])  # fmt: skip
+    assert all(g.created for g in regs)
+    assert [(lab.due(x), lab.parked(x)) for x in (a, b, c, d)] == [
+        (lab.t + 10, None), (lab.t + 20, None), (None, lab.t + 1), (None, lab.t + 2),
+    ]  # fmt: skip
+    e = lab.new_id()
+    with pytest.raises(ValueError, match="1 times for 2 items"):
+        lab.store.register_many([(e, "oe"), (lab.new_id(), "of")], now=NOW, lease_at=[lab.t], fields={})
+    assert lab.store.get(e) is None
 
 
 # --- begin ------------------------------------------------------------------------------------
@@ -275,7 +296,7 @@ def test_advance_lost_race_only_the_first_copy_advances(lab: Lab) -> None:
 
 
 def test_advance_moves_gen_resets_crashes_writes_fields_and_moves_the_lease(lab: Lab) -> None:
-    """advance sets gen + 1 and crashes 0, writes the fields (None as '', JSON fields as JSON) and moves the due lease, without parking when park_at is 0."""
+    """advance sets gen + 1 and crashes 0 (not stored), writes the fields (None deleted, JSON fields as JSON) and moves the due lease, without parking when park_at is 0."""
     tid = lab.job(lease=10, fields={"last_error": "Timeout: boom"})
     lab.store.begin(tid, 1, lease_at=lab.t + 20, max_crashes=3)
     meta = {"prompt": "a cat", "tags": ["x", 1]}
@@ -283,8 +304,8 @@ def test_advance_moves_gen_resets_crashes_writes_fields_and_moves_the_lease(lab:
         "polls": 1, "status": "running", "last_error": None, "metadata": meta, "next_due_at": lab.t + 15.5,
     })  # fmt: skip
     raw = lab.r.hgetall(keys.job(tid))
-    assert (raw["gen"], raw["crashes"], raw["polls"], raw["status"]) == ("2", "0", "1", "running")
-    assert raw["last_error"] == ""
+    assert (raw["gen"], raw["polls"], raw["status"]) == ("2", "1", "running")
+    assert "crashes" not in raw and "last_error" not in raw  # 0 and None: not stored
     assert raw["metadata"] == '{"prompt":"a cat","tags":["x",1]}'
     rec = lab.store.get(tid)
     assert rec is not None and rec.metadata == meta and rec.next_due_at == lab.t + 15.5
@@ -293,20 +314,26 @@ def test_advance_moves_gen_resets_crashes_writes_fields_and_moves_the_lease(lab:
 
 
 def test_advance_with_park_at_parks_the_job(lab: Lab) -> None:
-    """advance with park_at > 0 adds the job to the parked index at park_at as well as moving its lease."""
+    """advance with park_at > 0 moves the job's one entry from due to the parked index at park_at,
+    and next_due_at is that score (read back by get), not a field of the record."""
     tid = lab.job(lease=10)
-    assert lab.store.advance(tid, 1, lease_at=lab.t + 300, fields={}, park_at=lab.t + 200)
+    assert lab.store.advance(tid, 1, lease_at=lab.t + 300, fields={"next_due_at": lab.t + 200},
+                             park_at=lab.t + 200)  # fmt: skip
     assert lab.parked(tid) == lab.t + 200
-    assert lab.due(tid) == lab.t + 300
+    assert lab.due(tid) is None
+    assert "next_due_at" not in lab.r.hgetall(keys.job(tid))
+    rec = lab.store.get(tid)
+    assert rec is not None and rec.next_due_at == lab.t + 200
 
 
 def test_advance_without_park_drops_a_parked_entry_left_from_before(lab: Lab) -> None:
     """A parked job re-driven (by the sweeper) and advanced to a countdown leaves the parked index, so
     the dispatcher cannot publish a second copy of its current generation later."""
-    tid = lab.job(lease=10, park=lab.t + 200)
+    tid = lab.job(lease=10, park=200)
     assert lab.store.advance(tid, 1, lease_at=lab.t + 30, fields={}, park_at=0.0)
-    assert lab.parked(tid) is None
-    assert all(d.task_id != tid for d in lab.store.claim_due(horizon=lab.t + 1000, limit=1000))
+    assert lab.parked(tid) is None and lab.due(tid) == lab.t + 30
+    claimed = lab.store.claim_due(horizon=lab.t + 1000, limit=1000, grace_s=GRACE)
+    assert all(d.task_id != tid for d in claimed)
 
 
 def test_advance_of_a_finished_job_returns_false(lab: Lab) -> None:
@@ -373,11 +400,12 @@ def test_touch_in_another_state_returns_false_and_leaves_the_lease(lab: Lab) -> 
 
 
 def test_complete_twice_returns_1_then_2(lab: Lab) -> None:
-    """The first complete of a handed-off job returns 1 (state 'done', out of the due index, TTL on the record); a second returns 2."""
+    """The first complete of a handed-off job returns 1 (state 'done', out of the due index into the jobs index, TTL on the record); a second returns 2."""
     tid = lab.job(lease=10)
     assert lab.store.finish(tid, 1, lease_at=lab.t + 20, fields={})
     assert lab.store.complete(tid, ttl_s=3600, fields={"handoff": "done"}) == 1
-    assert lab.due(tid) is None
+    assert lab.due(tid) is None and lab.parked(tid) is None
+    assert lab.r.zscore(keys.JOBS, tid) == NOW  # listed as finished, by tracked_at
     assert 3590 < lab.r.ttl(keys.job(tid)) <= 3600
     rec = lab.store.get(tid)
     assert rec is not None and rec.state == "done" and rec.handoff == "done"
@@ -407,10 +435,10 @@ def test_complete_of_a_missing_job_returns_0(lab: Lab) -> None:
 def test_claim_overdue_claims_only_leases_before_the_cutoff_once(lab: Lab) -> None:
     """Only jobs whose lease is before `before` are claimed, each is given the new lease, so a second claim right after claims nothing."""
     a, b, c = lab.job(lease=10), lab.job(lease=20), lab.job(lease=30)
-    claimed = lab.store.claim_overdue(before=lab.t + 25, lease_at=lab.t + 100)
+    claimed = lab.store.claim_overdue(before=lab.t + 25, lease_at=lab.t + 100, grace_s=GRACE)
     assert sorted(o.task_id for o in claimed) == sorted([a, b])
     assert (lab.due(a), lab.due(b), lab.due(c)) == (lab.t + 100, lab.t + 100, lab.t + 30)
-    assert lab.store.claim_overdue(before=lab.t + 25, lease_at=lab.t + 200) == []
+    assert lab.store.claim_overdue(before=lab.t + 25, lease_at=lab.t + 200, grace_s=GRACE) == []
 
 
 def test_claim_overdue_returns_typed_rows(lab: Lab) -> None:
@@ -419,19 +447,21 @@ def test_claim_overdue_returns_typed_rows(lab: Lab) -> None:
     polling = lab.job(owner="chain-p", lease=10, fields={"canvas": canvas})
     handing = lab.job(owner="chain-h", lease=10)
     assert lab.store.finish(handing, 1, lease_at=lab.t + 12, fields={"handoff_fires": 2})
-    rows = {o.task_id: o for o in lab.store.claim_overdue(before=lab.t + 50, lease_at=lab.t + 100)}
+    rows = {
+        o.task_id: o for o in lab.store.claim_overdue(before=lab.t + 50, lease_at=lab.t + 100, grace_s=GRACE)
+    }
     assert rows[polling] == Overdue(polling, "polling", 1, "chain-p", 0, canvas)
     assert rows[handing] == Overdue(handing, "handoff", 2, "chain-h", 2, None)
 
 
 def test_claim_overdue_drops_done_and_vanished_records(lab: Lab) -> None:
-    """A done record leaves the due index, a vanished record leaves the due and the jobs index, and neither is returned."""
+    """A done record's lease left behind leaves the due index (the record stays listed in jobs), a vanished record's leaves too, and neither is returned."""
     done, gone = lab.job(lease=10), lab.job(lease=10)
     assert lab.store.finish(done, 1, lease_at=lab.t + 10, fields={})
     assert lab.store.complete(done, ttl_s=600, fields={}) == 1
     lab.r.zadd(keys.DUE, {done: lab.t + 10})  # a lease left behind
     lab.r.delete(keys.job(gone))  # its TTL ran out
-    assert lab.store.claim_overdue(before=lab.t + 50, lease_at=lab.t + 100) == []
+    assert lab.store.claim_overdue(before=lab.t + 50, lease_at=lab.t + 100, grace_s=GRACE) == []
     assert lab.due(done) is None and lab.due(gone) is None
     assert lab.r.zscore(keys.JOBS, done) == NOW
     assert lab.r.zscore(keys.JOBS, gone) is None
@@ -441,17 +471,19 @@ def test_claim_overdue_drops_done_and_vanished_records(lab: Lab) -> None:
 
 
 def test_claim_due_returns_parked_polls_before_the_horizon_once(lab: Lab) -> None:
-    """Parked polls due before the horizon are returned once with due_at = their parked score and leave the parked index; later ones stay."""
+    """Parked polls due before the horizon are returned once with due_at = their parked score and move from the parked index to a lease in due; later ones stay."""
     canvas = {"task": "seedance.poll", "args": [1]}
     a = lab.job(owner="oa", lease=100, park=5, fields={"canvas": canvas})
     b = lab.job(owner="ob", lease=100, park=8.5)
     later = lab.job(lease=100, park=50)
-    due = {d.task_id: d for d in lab.store.claim_due(horizon=lab.t + 10, limit=100)}
+    due = {d.task_id: d for d in lab.store.claim_due(horizon=lab.t + 10, limit=100, grace_s=GRACE)}
     assert set(due) == {a, b}
     assert (due[a].gen, due[a].owner, due[a].due_at, due[a].canvas) == (1, "oa", lab.t + 5, canvas)
     assert (due[b].gen, due[b].owner, due[b].due_at, due[b].canvas) == (1, "ob", lab.t + 8.5, None)
     assert lab.parked(a) is None and lab.parked(b) is None and lab.parked(later) == lab.t + 50
-    assert lab.store.claim_due(horizon=lab.t + 10, limit=100) == []
+    # Claimed, each holds a lease of its due time + the grace: a claimer that dies is re-driven.
+    assert (lab.due(a), lab.due(b), lab.due(later)) == (lab.t + 5 + GRACE, lab.t + 8.5 + GRACE, None)
+    assert lab.store.claim_due(horizon=lab.t + 10, limit=100, grace_s=GRACE) == []
 
 
 def test_claim_due_drops_a_parked_job_that_is_no_longer_polling(lab: Lab) -> None:
@@ -459,29 +491,36 @@ def test_claim_due_drops_a_parked_job_that_is_no_longer_polling(lab: Lab) -> Non
     finished, gone = lab.job(lease=100, park=5), lab.job(lease=100, park=6)
     assert lab.store.finish(finished, 1, lease_at=lab.t + 20, fields={})
     lab.r.delete(keys.job(gone))
-    assert lab.store.claim_due(horizon=lab.t + 10, limit=100) == []
+    assert lab.store.claim_due(horizon=lab.t + 10, limit=100, grace_s=GRACE) == []
     assert lab.parked(finished) is None and lab.parked(gone) is None
+    assert lab.due(gone) is None  # no lease for a record that is gone
 
 
 def test_claim_due_honours_the_limit(lab: Lab) -> None:
     """claim_due returns at most `limit` parked polls, earliest first, leaving the rest for the next claim."""
     ids = [lab.job(lease=100, park=p) for p in (3, 1, 2)]
-    first = lab.store.claim_due(horizon=lab.t + 10, limit=2)
+    first = lab.store.claim_due(horizon=lab.t + 10, limit=2, grace_s=GRACE)
     assert [d.task_id for d in first] == [ids[1], ids[2]]
     assert lab.parked(ids[0]) == lab.t + 3
-    assert [d.task_id for d in lab.store.claim_due(horizon=lab.t + 10, limit=2)] == [ids[0]]
+    assert [d.task_id for d in lab.store.claim_due(horizon=lab.t + 10, limit=2, grace_s=GRACE)] == [ids[0]]
 
 
 # --- all() and the record ---------------------------------------------------------------------
 
 
-def test_all_drops_vanished_records_from_the_jobs_index(lab: Lab) -> None:
-    """all() lists the records that exist and removes the ids of expired or vanished ones from the jobs index."""
-    kept, gone = lab.job(), lab.job()
+def test_all_lists_jobs_in_flight_and_finished_and_drops_vanished_ids_from_the_jobs_index(lab: Lab) -> None:
+    """all() lists the jobs in flight (leased or parked) and the finished records that exist, each
+    once, parked ones with their parked time as next_due_at; the id of a finished record that
+    vanished leaves the jobs index."""
+    leased, parked, done, gone = lab.job(), lab.job(park=50), lab.job(lease=10), lab.job(lease=10)
+    for tid in (done, gone):
+        assert lab.store.finish(tid, 1, lease_at=lab.t + 20, fields={})
+        assert lab.store.complete(tid, ttl_s=600, fields={}) == 1
     lab.r.delete(keys.job(gone))
-    listed = {rec.task_id for rec in lab.store.all()}
-    assert kept in listed and gone not in listed
-    assert lab.r.zscore(keys.JOBS, gone) is None and lab.r.zscore(keys.JOBS, kept) == NOW
+    listed = {rec.task_id: rec for rec in lab.store.all()}
+    assert {leased, parked, done} <= set(listed) and gone not in listed
+    assert listed[parked].next_due_at == lab.t + 50
+    assert lab.r.zscore(keys.JOBS, gone) is None and lab.r.zscore(keys.JOBS, done) == NOW
 
 
 def test_an_expired_done_record_leaves_the_jobs_index(lab: Lab) -> None:
@@ -498,7 +537,7 @@ def test_an_expired_done_record_leaves_the_jobs_index(lab: Lab) -> None:
 
 
 ROUND_TRIP: dict[str, Any] = {
-    "created_at": 1767225600.123456,
+    "created_at": 1767225600.123,
     "not_before": 1767225612.5,
     "terminal_at": None,
     "expires_after": 172800,
@@ -518,16 +557,16 @@ ROUND_TRIP: dict[str, Any] = {
 
 
 def test_record_fields_round_trip_through_the_scripts(lab: Lab) -> None:
-    """Floats, ints, None and JSON fields written by register and advance (encode_fields -> script) read back unchanged by get()."""
+    """Times (to the millisecond), ints, None and JSON fields written by register and advance (encode_fields -> script) read back unchanged by get()."""
     tid = lab.job(lease=10, fields=ROUND_TRIP)
-    later = {"updated_at": 1767225699.000001, "polls": 7, "outcome": {"status": "succeeded", "seed": 42}}
+    later = {"updated_at": 1767225699.0, "polls": 7, "outcome": {"status": "succeeded", "seed": 42}}
     assert lab.store.advance(tid, 1, lease_at=lab.t + 20, fields=later)
     rec = lab.store.get(tid)
     assert rec is not None
     for name, value in {**ROUND_TRIP, **later}.items():
         assert getattr(rec, name) == value, name
     assert isinstance(rec.expires_after, int) and isinstance(rec.created_at, float)
-    assert lab.r.hget(keys.job(tid), "terminal_at") == ""
+    assert lab.r.hget(keys.job(tid), "terminal_at") is None  # None: not stored
 
 
 def test_a_none_text_field_reads_back_as_none(lab: Lab) -> None:

@@ -17,7 +17,8 @@ Hooks (cheap: one pipelined round trip per task run, paid by the plugin and the 
   * ``task_prerun``: INCR ``bench:runs:<task name>``; with ``BENCH_LATENESS=1`` RPUSH
     ``"<now> <now - options.due>"`` of every seedance.poll run onto ``bench:lateness``; when the
     task carries the hand-off header ``seedance_terminal_at`` RPUSH ``"<now> <delay>"`` onto
-    ``bench:handoff`` (figure 4).
+    ``bench:handoff`` (figure 4); with ``BENCH_DOWNSTREAM=1`` also ``"<now> <task id> <terminal_at>"``
+    onto ``bench:downstream`` (budget.py: remote end -> downstream start per task).
   * ``worker_ready``: SET ``bench:ready:<main pid>`` so the harness knows the worker consumes.
 """
 
@@ -36,6 +37,7 @@ from celery.signals import task_prerun, worker_ready
 _clients: dict[int, redis.Redis] = {}
 _sessions: dict[int, requests.Session] = {}
 LATENESS = os.environ.get("BENCH_LATENESS") == "1"
+DOWNSTREAM = os.environ.get("BENCH_DOWNSTREAM") == "1"
 TERMINAL = {"succeeded", "failed", "expired", "cancelled"}
 
 
@@ -65,7 +67,7 @@ def _get(base_url: str, task_id: str) -> dict[str, Any]:
 
 
 @task_prerun.connect
-def _on_prerun(task: Any = None, kwargs: Any = None, **_: Any) -> None:
+def _on_prerun(task: Any = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
     now = time.time()
     try:
         pipe = _r().pipeline(transaction=False)
@@ -77,6 +79,9 @@ def _on_prerun(task: Any = None, kwargs: Any = None, **_: Any) -> None:
         terminal_at = getattr(task.request, "seedance_terminal_at", None)
         if terminal_at is not None:
             pipe.rpush("bench:handoff", f"{now:.4f} {now - float(terminal_at):.5f}")
+            if DOWNSTREAM and args:
+                outcome = args[0] if isinstance(args[0], dict) else {}
+                pipe.rpush("bench:downstream", f"{now:.4f} {outcome.get('task_id')} {float(terminal_at):.4f}")
         pipe.execute()
     except Exception:  # a measurement hook must never break a task
         pass

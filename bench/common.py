@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 import psutil  # noqa: E402
 import redis  # noqa: E402
 
+from seedance_worker import keys  # noqa: E402
 from seedance_worker.testing.redis import EmbeddedRedis  # noqa: E402
 
 CTX = mp.get_context("spawn")
@@ -67,8 +68,25 @@ def _sim_main(conn: Any, cfg: dict[str, Any]) -> None:
                 out = None
             elif cmd == "gets":  # (ts, task_id, status) of every GET of a task
                 out = [(r.ts, r.task_id, r.status) for r in sim.requests("get")]
+            elif cmd == "log":  # (ts, kind, task_id, status) of every request of the given kinds
+                out = [(r.ts, r.kind, r.task_id, r.status) for r in sim.requests() if r.kind in payload]
+            elif cmd == "statuses":  # how many live tasks are in each status
+                out = {}
+                for st in sim.tasks():
+                    out[st["status"]] = out.get(st["status"], 0) + 1
             elif cmd == "count":
                 out = len(sim.requests(payload))
+            elif cmd == "since":  # requests answered since a time: GETs, list calls, ids they named
+                recs = [r for r in sim.requests() if r.ts >= payload]
+                lists = [r for r in recs if r.kind == "list"]
+                out = {
+                    "get": sum(1 for r in recs if r.kind == "get"),
+                    "list": len(lists),
+                    "list_ids": sum(
+                        len([i for v in r.query.get("filter.task_ids", []) for i in v.split(",") if i])
+                        for r in lists
+                    ),
+                }
             elif cmd == "clear":
                 sim.clear_log()
                 out = None
@@ -476,6 +494,18 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(data, indent=2, default=str))
     return path
+
+
+def total_polls(r: redis.Redis, ids: Sequence[str]) -> int:
+    """Job reads so far: the sum of every record's ``polls`` (a job read by a list call counts like
+    one read by its own GET); one round trip per 5,000 ids."""
+    n = 0
+    for i in range(0, len(ids), 5000):
+        pipe = r.pipeline(transaction=False)
+        for tid in ids[i : i + 5000]:
+            pipe.hget(keys.job(tid), "polls")
+        n += sum(int(v or 0) for v in pipe.execute())
+    return n
 
 
 def wait_until(pred: Callable[[], bool], timeout_s: float, step: float = 0.1) -> bool:

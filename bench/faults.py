@@ -1,10 +1,16 @@
 """Fault-injection bench: the harness of tests/faults, longer and with many more SIGKILLs.
 
     python bench/faults.py --jobs 1000 --kills 40 [--runs 5] [--restarts 1] [--seed N] [--quick]
+                           [--status-source batch|get] [--full-disk [--full-disk-s 20]]
 
 Each run: an embedded Redis (AOF) restarted mid-run, the simulator with 5xx / read timeouts /
 malformed bodies / 429 bursts / expiring download URLs, a webhook receiver that verifies signatures,
 3 prefork workers (-c 2) SIGKILLed `--kills` times and replaced, `celery beat` running the sweeper.
+Status is read by list calls of chunks of jobs (`--status-source batch`, the product's default) or
+one GET per job (`get`). With `--full-disk`, the first run's download directory sits on a tmpfs of
+its own that is filled to the last byte (writes fail with ENOSPC) for `--full-disk-s` seconds
+mid-run, then freed; the bench then re-runs itself under `unshare --mount` so that mount is private
+to it and its workers.
 Prints a table and writes JSON (every run's full report) to bench/results/faults.json
 (`--quick`: a ~60 s smoke run, written to bench/results/faults-quick.json). Exits 1 when any check
 of any run failed, 0 otherwise.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import signal
@@ -27,9 +34,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.faults.harness import FaultConfig, FaultRun, bench_config, summary  # noqa: E402
+from tests.faults.harness import (  # noqa: E402
+    FaultConfig,
+    FaultRun,
+    bench_config,
+    summary,
+    with_status_source,
+)
 
 RESULTS = ROOT / "bench" / "results"
+MOUNT_NS_ENV = "FAULTS_BENCH_MOUNT_NS"  # set once the bench runs in a mount namespace of its own
 
 
 def quick_config(seed: int | None) -> FaultConfig:
@@ -55,6 +69,30 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _window(w: list[float] | None) -> str:
+    return "-" if not w else f"{w[0]:.0f}-{w[1]:.0f}"
+
+
+def _hits(sf: dict[str, Any]) -> str:
+    if not sf["window_s"]:
+        return "-"
+    return f"{sf['jobs_hit']}/{sf['jobs_stored_after_free']}/{sf['jobs_refired_by_sweeper']}"
+
+
+def in_own_mount_namespace(argv: list[str]) -> None:
+    """Re-run this bench under ``unshare --mount`` (once): the full disk's tmpfs is then private to the
+    bench and its workers, and goes away with them however the bench ends. Same pid (exec)."""
+    if os.environ.get(MOUNT_NS_ENV) == "1":
+        return
+    if shutil.which("unshare") is None:
+        raise SystemExit("--full-disk needs util-linux's unshare (a tmpfs mount of the bench's own)")
+    cmd = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        cmd.append("--map-root-user")  # a user namespace: root there may mount a tmpfs
+    os.environ[MOUNT_NS_ENV] = "1"
+    os.execvp(cmd[0], [*cmd, sys.executable, str(Path(__file__).resolve()), *argv])
+
+
 def table(reports: list[dict[str, Any]]) -> str:
     cols = [
         ("run", lambda i, r: str(i + 1)),
@@ -67,10 +105,16 @@ def table(reports: list[dict[str, Any]]) -> str:
         ("lost", lambda i, r: str(r["lost"])),
         ("dup charges", lambda i, r: str(r["duplicate_charges"])),
         ("dup deliveries", lambda i, r: str(r["duplicate_deliveries"])),
+        ("uncharged", lambda i, r: str(r["succeeded_uncharged"])),
+        ("unnotified", lambda i, r: str(r["succeeded_unnotified"])),
         # the sender SIGKILLed between the receiver's 2xx and its mark: resent, same webhook-id
         ("in-doubt resends", lambda i, r: str(r.get("in_doubt_resends", 0))),
         ("RA viol.", lambda i, r: str(r["retry_after_violations"])),
         ("polls after end", lambda i, r: str(r["polls_after_end"])),
+        ("list calls", lambda i, r: str(r["requests"].get("list", 0))),
+        ("full disk s", lambda i, r: _window(r["storage_full"]["window_s"])),
+        ("ENOSPC retries", lambda i, r: str(r["storage_full"]["retries"])),
+        ("ENOSPC jobs hit/stored after/re-fired", lambda i, r: _hits(r["storage_full"])),
         ("resume p99 s", lambda i, r: _fmt(r["resume_p99_s"])),
         ("wall s", lambda i, r: _fmt(r["wall_s"])),
         ("checks", lambda i, r: "PASS" if not r["failures"] else f"FAIL ({len(r['failures'])})"),
@@ -100,7 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="JSON path (default bench/results/faults[-quick].json)"
     )
     ap.add_argument("--keep", action="store_true", help="keep each run's directory (logs, AOF, videos)")
+    ap.add_argument("--status-source", choices=("batch", "get"), default="batch",
+                    help="SEEDANCE_STATUS_SOURCE of the workers (default batch, the product's default)")  # fmt: skip
+    ap.add_argument("--full-disk", action="store_true",
+                    help="fill the first run's download filesystem (ENOSPC) for --full-disk-s mid-run")  # fmt: skip
+    ap.add_argument("--full-disk-s", type=float, default=None,
+                    help="how long the disk stays full (default 20 s, --quick 8 s)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.full_disk:
+        in_own_mount_namespace(sys.argv[1:] if argv is None else argv)
     # A plain `kill` of the bench must still stop its workers, beat, simulator and Redis (the
     # harness cleans up in `finally`, which SIGTERM's default action would skip).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -116,10 +168,13 @@ def main(argv: list[str] | None = None) -> int:
             else bench_config(args.jobs, args.kills, seed=seed, restarts=args.restarts)
         )
         cfg.sweeper = args.sweeper
+        with_status_source(cfg, args.status_source)
+        if args.full_disk and n == 0:
+            cfg.full_disk_s = args.full_disk_s or (8.0 if args.quick else 20.0)
         workdir = Path(tempfile.mkdtemp(prefix="seedance-faults-"))
         print(
-            f"== run {n + 1}/{args.runs}: {cfg.jobs} jobs, {cfg.kills} kills, {cfg.redis_restarts} Redis restarts "
-            f"(dir {workdir})",
+            f"== run {n + 1}/{args.runs}: {cfg.jobs} jobs, {cfg.kills} kills, {cfg.redis_restarts} Redis restarts, "
+            f"status {args.status_source}, full disk {cfg.full_disk_s:g} s (dir {workdir})",
             flush=True,
         )
         report = FaultRun(cfg, workdir).run()
@@ -148,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             "lost": sum(r["lost"] for r in reports),
             "duplicate_charges": sum(r["duplicate_charges"] for r in reports),
             "duplicate_deliveries": sum(r["duplicate_deliveries"] for r in reports),
+            "succeeded_uncharged": sum(r["succeeded_uncharged"] for r in reports),
+            "succeeded_unnotified": sum(r["succeeded_unnotified"] for r in reports),
+            "retry_after_violations": sum(r["retry_after_violations"] for r in reports),
+            "polls_after_end": sum(r["polls_after_end"] for r in reports),
+            "storage_full_retries": sum(r["storage_full"]["retries"] for r in reports),
             "in_doubt_resends": sum(r.get("in_doubt_resends", 0) for r in reports),
             "failed_checks": sum(len(r["failures"]) for r in reports),
         },

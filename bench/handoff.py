@@ -8,6 +8,13 @@ nominal, well below what the worker sustains). The first downstream task of each
 (download_video, charge_usage, notify) and a single no-op task. (detection.py measures the same
 under the heavier, time-compressed detection load.)
 
+Both status sources, on a fresh worker each: per-job GETs (SEEDANCE_STATUS_SOURCE=get, the poll
+intervals above) and batched status (=batch, the default: running jobs read in 2 s rounds, and the
+job that ended gets its own poll message carrying the list call's snapshot; the hand-off measured is
+that poll's end to the first downstream start, the same stage as with a GET). Poll lateness
+(task_prerun start - options.due) counts every poll message, which in batch mode are only the
+terminal ones.
+
 reproduce with: python bench/handoff.py          (quick: --quick)
 """
 
@@ -49,10 +56,13 @@ def main() -> int:
     out = {}
     with start_redis() as red, SimProcess() as sim:
         r = client(red.url)
-        for chain_name, chain in (("default chain", None), ("noop", ["bench.noop"])):
+        plan = [(src, c) for src in ("get", "batch") for c in (("default chain", None), ("noop", ["bench.noop"]))]
+        for source, (chain_label, chain) in plan:
+            chain_name = f"{chain_label} ({source})"
             r.flushdb()
             env = base_env(red.url, sim.base_url, poll_running_interval_s=3, poll_min_interval_s=2,
-                           poll_max_interval_s=3, poll_first_delay_s=0.5, bench_lateness=1)  # fmt: skip
+                           poll_max_interval_s=3, poll_first_delay_s=0.5, bench_lateness=1,
+                           status_source=source)  # fmt: skip
             w = Worker("handoff", env, concurrency=2)
             start_workers(r, [w])
             drv = EnvProc(env)

@@ -17,6 +17,14 @@ QUEUED = RUNNING_INTERVAL_S = COUNTDOWN_CAP_S = 1800 s, VISIBILITY_TIMEOUT_S 720
    messages), lateness p50/p99, then warm shutdown time (SIGTERM -> exit) of both workers.
 Seeding skips only the first GET of each job (100k first polls would take ~10 min on 2 busy cores).
 
+Modes: parking OFF and ON poll with one GET per job (SEEDANCE_STATUS_SOURCE=get), as they were
+measured for Figure 2. A third, ``batch`` (SEEDANCE_STATUS_SOURCE=batch, the default, and
+SEEDANCE_BATCH_QUEUED_INTERVAL_S at its 600 s maximum), seeds the jobs parked as with parking ON;
+the workers' rounds read the due ones with list calls and send no poll message while a job is in
+flight, so a probe's lateness is when the bench, scanning the probes' records every 0.1 s, sees its
+``polls`` count go up, minus its due time (rounds tick every 2 s: up to ~2 s of lateness is the
+round grid, not a backlog).
+
 reproduce with: python bench/inflight.py        (quick: --quick; sizes: --sizes 1000,10000,100000;
                  parking OFF at 100k too: --before-max 100000 --budget-s 1500, ~20 min)
 """
@@ -29,6 +37,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,18 +56,45 @@ from bench.common import (
     wait_until,
     write_json,
 )
+from seedance_worker import keys
 
 INTERVAL = 1800.0
 PROBE_RATE = 15.0
 
 
-def settings_for(park: bool) -> dict:
+MODES = {"on": "after (park ON)", "off": "before (park OFF)", "batch": "batch"}
+
+
+def settings_for(mode: str) -> dict:
+    batch = {"status_source": "batch", "batch_queued_interval_s": 600} if mode == "batch" else {"status_source": "get"}
     return dict(
         poll_min_interval_s=INTERVAL, poll_max_interval_s=INTERVAL, poll_queued_interval_s=INTERVAL,
         poll_running_interval_s=INTERVAL, poll_countdown_cap_s=INTERVAL, poll_backoff_factor=1,
-        visibility_timeout_s=int(INTERVAL * 4), poll_park_after_s=20 if park else 0,
-        bench_lateness=1,
+        visibility_timeout_s=int(INTERVAL * 4), poll_park_after_s=0 if mode == "off" else 20,
+        bench_lateness=1, **batch,
     )  # fmt: skip
+
+
+class ReadWatch(threading.Thread):
+    """Batch mode: the time each probe's record shows a read beyond the seeded one, minus its due."""
+
+    def __init__(self, r: Any, due: dict[str, float]) -> None:
+        super().__init__(daemon=True)
+        self.r, self.due = r, due
+        self.late: dict[str, float] = {}
+        self.stop_ev = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_ev.is_set() and len(self.late) < len(self.due):
+            left = [t for t in self.due if t not in self.late]
+            pipe = self.r.pipeline(transaction=False)
+            for tid in left:
+                pipe.hget(keys.job(tid), "polls")
+            now = time.time()
+            for tid, polls in zip(left, pipe.execute(), strict=True):
+                if int(polls or 0) > 1:
+                    self.late[tid] = now - self.due[tid]
+            self.stop_ev.wait(0.1)
 
 
 class RssSampler(threading.Thread):
@@ -80,12 +116,13 @@ class RssSampler(threading.Thread):
             p["child_mb"] = max(p["child_mb"], max(rss["children_mb"], default=0.0))
 
 
-def run_one(n: int, park: bool, ids: list[str], snapshot: dict, sim: SimProcess, redis_url: str) -> dict:
-    mode = "after (park ON)" if park else "before (park OFF)"
+def run_one(n: int, mode_key: str, ids: list[str], snapshot: dict, sim: SimProcess, redis_url: str) -> dict:
+    mode = MODES[mode_key]
+    park = mode_key != "off"
     r = client(redis_url)
     r.flushall()
-    env = base_env(redis_url, sim.base_url, **settings_for(park))
-    tag = f"{'on' if park else 'off'}-{n}"
+    env = base_env(redis_url, sim.base_url, **settings_for(mode_key))
+    tag = f"{mode_key}-{n}"
     workers = [Worker(f"if-{tag}-w{i}", env, concurrency=1) for i in (1, 2)]
     t_start = time.time()
     start_workers(r, workers)
@@ -117,13 +154,21 @@ def run_one(n: int, park: bool, ids: list[str], snapshot: dict, sim: SimProcess,
         tp = time.time() + 3.0
         window = m / PROBE_RATE
         probe_items = [(tid, tp + random.random() * window) for tid in probes]
+        watch = ReadWatch(r, dict(probe_items)) if mode_key == "batch" else None
+        if watch:
+            watch.start()
         drivers[0].call("seed", probe_items, snapshot, park)
-        wait_until(lambda: r.llen("bench:lateness") >= m, window + 60, 0.5)
+        if watch:
+            watch.join(window + 60)
+            watch.stop_ev.set()
+            watch.join()
+        else:
+            wait_until(lambda: r.llen("bench:lateness") >= m, window + 60, 0.5)
         time.sleep(2.0)
         sampler.stop_ev.set()
         sampler.join()
         sampler.sample()
-        lat = [x for _, x in timed_floats(r, "bench:lateness")]
+        lat = list(watch.late.values()) if watch else [x for _, x in timed_floats(r, "bench:lateness")]
         mem1 = used_memory(r)
         unacked = r.hlen("unacked")
         parked = r.zcard("seedance:parked")
@@ -184,7 +229,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--before-max", type=int, default=10000, help="largest size measured with parking OFF (100000 takes ~12 min more)")
-    ap.add_argument("--budget-s", type=float, default=560, help="skip remaining runs past this")
+    ap.add_argument("--budget-s", type=float, default=900, help="skip remaining runs past this")
+    ap.add_argument("--modes", default="on,off,batch", help="of on (parking ON), off (parking OFF), batch")
     a = ap.parse_args()
     sizes = [60] if a.quick else [int(x) for x in a.sizes.split(",")]
     t0 = time.time()
@@ -196,19 +242,20 @@ def main() -> int:
         with EnvProc(env) as d:
             snapshot = d.call("queued_snapshot", ids[0])
         plan = []
+        modes = a.modes.split(",")
         for n in sizes:
-            plan.append((n, True))
-            if n <= a.before_max:
-                plan.append((n, False))
-        for n, park in plan:
+            for mk in ("on", "batch", "off"):
+                if mk in modes and (mk != "off" or n <= a.before_max):
+                    plan.append((n, mk))
+        for n, mk in plan:
             if time.time() - t0 > a.budget_s:
-                skipped.append({"jobs": n, "park": park, "why": "time budget"})
-                print(f"  skipped {n} park={park}: time budget", flush=True)
+                skipped.append({"jobs": n, "mode": MODES[mk], "why": "time budget"})
+                print(f"  skipped {n} {MODES[mk]}: time budget", flush=True)
                 continue
-            rows.append(run_one(n, park, ids, snapshot, sim, red.url))
+            rows.append(run_one(n, mk, ids, snapshot, sim, red.url))
     trows = []
     for row in rows:
-        after = row["mode"].startswith("after")
+        after = not row["mode"].startswith("before")
         peak_main = max(p["main_mb"] for p in row["rss_peak"].values())
         peak_child = max(p["child_mb"] for p in row["rss_peak"].values())
         shut = [v for v in row["warm_shutdown_s"].values()]

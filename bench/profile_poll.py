@@ -44,7 +44,7 @@ PARTS = [
     ("fence: JobStore.begin (Lua + record parse)", "JobStore.begin"),
     ("reschedule: JobStore.advance (Lua)", "JobStore.advance"),
     ("re-publish: signature_from_request + apply_async", "_again (seedance_worker/engine/poll.py)"),
-    ("decide() + schedule", "decide (seedance_worker/engine/poll.py)"),
+    ("decide() + schedule", "decide (seedance_worker/engine/decide.py)"),
     ("PollOptions / settings / store / schedule setup", "_Poller.__init__"),
     ("rate limiter (acquire)", "RateLimiter.acquire"),
     ("metrics", "seedance_worker/metrics.py"),
@@ -112,6 +112,7 @@ def main() -> int:
         env = base_env(
             red.url, sim.base_url, poll_first_delay_s=0, poll_min_interval_s=0.001, poll_max_interval_s=0.001,
             poll_queued_interval_s=0.001, poll_running_interval_s=0.001, poll_backoff_factor=1,
+            status_source="get",  # the per-job poll path: batched rounds send no poll message in flight
         )  # fmt: skip
         w = Worker("prof", env, concurrency=1)
         start_workers(r, [w])

@@ -11,6 +11,10 @@ One worker (-c 2), simulator answering with 50 ms latency.
   same 6 jobs through the plugin (interval 1 s) all progress at once. Detection delay (remote end ->
   result) shows the difference.
 
+Per-job GETs (SEEDANCE_STATUS_SOURCE=get): slots are what a per-job poll spends. Batched status
+uses no pool slot while a job is in flight (its rounds run in the worker's main process): its
+capacity is throughput.py's batch arm and inflight10k.py (10,000 jobs on -c 2).
+
 reproduce with: python bench/slots.py          (quick: --quick)
 """
 
@@ -116,6 +120,7 @@ def main() -> int:
         env = base_env(
             red.url, sim.base_url, poll_first_delay_s=1, poll_min_interval_s=2.5, poll_max_interval_s=7.5,
             poll_queued_interval_s=7.5, poll_running_interval_s=7.5, poll_backoff_factor=1, bench_lateness=1,
+            status_source="get",
         )  # fmt: skip
         w = Worker("slots", env, concurrency=CONC)
         start_workers(r, [w])
@@ -136,7 +141,7 @@ def main() -> int:
         # blocking demo on a worker whose plugin interval is 1 s
         env2 = base_env(
             red.url, sim.base_url, poll_first_delay_s=1, poll_min_interval_s=1, poll_max_interval_s=1,
-            poll_queued_interval_s=1, poll_running_interval_s=1, poll_backoff_factor=1,
+            poll_queued_interval_s=1, poll_running_interval_s=1, poll_backoff_factor=1, status_source="get",
         )  # fmt: skip
         r.flushdb()
         w2 = Worker("slots-b", env2, concurrency=CONC)

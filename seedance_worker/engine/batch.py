@@ -16,6 +16,8 @@ same ``decide()`` as after a GET:
   canvas) carrying the snapshot, and that poll ends the job exactly as after its own GET.
 - missing from the answer (older than the list's 7 days, another tier or model, a gateway that
   drops ids): a plain poll message, whose own GET reads it (and a 404 stays per job).
+- its poll id revoked (``revoke()``, known to this worker from the broadcast): not read, but its
+  plain poll message published, which every worker discards as revoked and so cancels the job.
 
 The list call goes through the account's limiter like any request and, when configured, a cap of
 list calls per second. A round paces its chunks at the cap while its interval lasts (a cap of 5/s
@@ -32,6 +34,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from celery.worker import state as worker_state
 
 from seedance_worker import connections, errors, keys, metrics
 from seedance_worker.client import get_client
@@ -109,6 +113,12 @@ class _Round:
         chunks: dict[tuple[str | None, str | None], _Chunk] = {}
         for d in due:
             record = d.record  # read by the claim, in the same script
+            if record.owner and record.owner in worker_state.revoked:
+                # revoke() of the poll's id: a job in a round has no message for a worker to
+                # discard, so it gets one now; the worker that meets it cancels the job
+                # (wiring/signals.py), as in per-job mode.
+                self.by_get(_Job(d, record))
+                continue
             wait = wait_for_not_before(record, now=now, schedule=self.schedule)
             if wait is not None:
                 self.defer(_Job(d, record), now, wait.countdown_s)

@@ -31,8 +31,9 @@ CLI = str(Path(sys.executable).parent / "seedance-worker")
 RETRY_AFTER_S = 3
 
 
-@pytest.fixture
-def two(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[tuple[Simulator, Simulator]]:
+def _two_accounts(
+    env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str, status_source: str
+) -> Iterator[tuple[Simulator, Simulator]]:
     """Simulator A takes only KEY_A, simulator B only KEY_B; two workers (-c 2) poll both."""
     sim_a = Simulator(config=SimConfig(queued_s=0.3, running_s=0.6, api_keys=frozenset({KEY_A}))).start()
     sim_b = Simulator(config=SimConfig(queued_s=0.3, running_s=0.6, api_keys=frozenset({KEY_B}))).start()
@@ -44,6 +45,9 @@ def two(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[tup
         accounts=json.dumps({"volc": {"api_key": KEY_B, "base_url": sim_b.base_url}}),
         poll_running_interval_s="0.5",
         poll_queued_interval_s="0.5",
+        status_source=status_source,
+        batch_round_s="0.5",
+        batch_queued_interval_s="0.5",
     )
     try:
         with Workers(tmp_path, n=2, concurrency=2):
@@ -53,12 +57,31 @@ def two(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[tup
         sim_b.stop()
 
 
+@pytest.fixture
+def two(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[tuple[Simulator, Simulator]]:
+    """Per-job GETs: each poll is one GET, so a job's polls can be counted at its simulator."""
+    yield from _two_accounts(env, tmp_path, redis_url, "get")
+
+
+@pytest.fixture
+def two_batched(
+    env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str
+) -> Iterator[tuple[Simulator, Simulator]]:
+    """Batched status (the default): jobs are read by list calls, grouped by account."""
+    yield from _two_accounts(env, tmp_path, redis_url, "batch")
+
+
 def _task_gets(sim: Simulator) -> dict[str, list[tuple[float, int]]]:
     out: dict[str, list[tuple[float, int]]] = {}
     for rec in sim.requests(kind="get"):
         if rec.task_id:
             out.setdefault(rec.task_id, []).append((rec.ts, rec.status))
     return out
+
+
+def _lists(sim: Simulator) -> list[tuple[float, int, set[str]]]:
+    """(time, status, ids named) of each list call the simulator saw."""
+    return [(r.ts, r.status, set(r.query.get("filter.task_ids", []))) for r in sim.requests(kind="list")]
 
 
 def _stored_bytes(url: str) -> bytes:
@@ -178,3 +201,33 @@ def test_cli_account_option_and_jobs_column(two: tuple[Simulator, Simulator]) ->
     unknown = cli("track", "--account", "volcx", tid)
     assert unknown.returncode != 0 and "'volcx'" in unknown.stderr and "did you mean 'volc'" in unknown.stderr
     assert not [r for r in sim_a.requests() if r.task_id in (tid, made_id)]  # nothing went to A
+
+
+def test_batched_rounds_read_each_account_with_its_own_key(two_batched: tuple[Simulator, Simulator]) -> None:
+    """Batched status: every list call reaches its own account's simulator with that account's key
+    and names only that account's jobs; while account A cools down after a 429 (Retry-After 3 s),
+    no list call of A is answered and B's jobs are still read by list calls inside that cool-down."""
+    sim_a, sim_b = two_batched
+    script = [("running", 8.0), ("succeeded", None)]
+    a_ids = [sim_a.add_task(script) for _ in range(5)]
+    b_ids = [sim_b.add_task(script) for _ in range(5)]
+    results = track_many(a_ids) + track_many(b_ids, account="volc")
+    wait_for(lambda: len(_lists(sim_a)) >= 2 and len(_lists(sim_b)) >= 2, timeout_s=20)
+    sim_a.burst_429(1.0, retry_after_s=RETRY_AFTER_S)
+    for res, tid in zip(results, a_ids + b_ids, strict=True):
+        outcome = res.get(timeout=90)
+        assert outcome["status"] == "succeeded" and outcome["account"] == ("volc" if tid in b_ids else None)
+
+    lists_a, lists_b = _lists(sim_a), _lists(sim_b)
+    assert all(named <= set(a_ids) for _, _, named in lists_a)
+    assert all(named <= set(b_ids) for _, _, named in lists_b)
+    assert set().union(*(n for _, _, n in lists_b)) == set(b_ids)
+    assert all(st == 200 for _, st, _ in lists_b)  # B's key was right every time, and never limited
+    assert 401 not in [st for _, st, _ in lists_a]
+    limited = [ts for ts, st, _ in lists_a if st == 429]
+    assert limited, "the storm should have answered 429s"
+    first = min(limited)
+    cool_until = first + RETRY_AFTER_S
+    assert not [ts for ts, st, _ in lists_a if st == 200 and first + 0.05 < ts < cool_until - 0.05]
+    read_inside = set().union(*(n for ts, _, n in lists_b if first + 0.05 < ts < cool_until - 0.05))
+    assert read_inside == set(b_ids), (round(first, 2), [round(ts - first, 2) for ts, _, _ in lists_b])

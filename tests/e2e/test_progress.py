@@ -24,11 +24,15 @@ pytestmark = pytest.mark.slow
 SCRIPT = [("queued", 1.5), ("running", 1.5), ("succeeded", None)]
 
 
-@pytest.fixture
-def sim(env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> Iterator[Simulator]:
+@pytest.fixture(params=["get", "batch"])
+def sim(
+    request: pytest.FixtureRequest, env: pytest.MonkeyPatch, tmp_path: Path, redis_url: str
+) -> Iterator[Simulator]:
+    """Per-job GETs, and batched status (the default), whose rounds report progress with no poll."""
     sim = Simulator(config=SimConfig()).start()
     configure(env, redis_url, api_base_url=sim.base_url, on_succeeded="", on_failed="",
-              on_status_change="tests.status_hook")  # fmt: skip
+              on_status_change="tests.status_hook", status_source=request.param, batch_round_s="0.5",
+              batch_queued_interval_s="0.5")  # fmt: skip
     try:
         with Workers(tmp_path, n=1, concurrency=2, extra_args=["--include", "tests.support.e2e_tasks"]):
             yield sim

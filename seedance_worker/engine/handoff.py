@@ -24,6 +24,7 @@ in the Outcome they get (``salvage_outcome``).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, NoReturn
@@ -31,7 +32,7 @@ from typing import Any, NoReturn
 from celery import Task, chain, current_app, shared_task, signature
 from celery.canvas import Signature
 
-from seedance_worker import errors
+from seedance_worker import connections, errors, keys
 from seedance_worker.engine import tracing
 from seedance_worker.engine.jobs import publish_poll
 from seedance_worker.engine.schedule import handoff_lease
@@ -71,15 +72,37 @@ def _spec_name(spec: Any) -> str | None:
     return getattr(spec, "task", None)
 
 
-def salvage_outcome(outcome: dict[str, Any], fires: int) -> dict[str, Any]:
-    """The stored Outcome with the hand-off's failure recorded, for the salvage chain."""
+def salvage_outcome(outcome: dict[str, Any], fires: int, settings: Settings) -> dict[str, Any]:
+    """The stored Outcome with the hand-off's failure recorded, for the salvage chain; with the
+    video a download of an earlier fire stored, since the file is there though the chain never
+    completed."""
     error = {
         "type": "HandoffExhausted",
         "kind": "handoff_exhausted",
         "message": f"the downstream chain was fired {fires} times without completing; "
         f"only {' and '.join(SALVAGE_STEPS)} ran",
     }
-    return {**outcome, "step_errors": {**(outcome.get("step_errors") or {}), "handoff": error}}
+    salvaged = {**outcome, "step_errors": {**(outcome.get("step_errors") or {}), "handoff": error}}
+    video = None if outcome.get("video") else stored_video(outcome.get("task_id"), settings)
+    if video is not None:
+        salvaged["video"] = video
+    return salvaged
+
+
+def stored_video(task_id: Any, settings: Settings) -> dict[str, Any] | None:
+    """The video record a completed download committed (``keys.video``, written by
+    steps/download.py after the file is whole), as the Outcome's ``video``; None without one."""
+    if not isinstance(task_id, str):
+        return None
+    raw = connections.get_redis(settings).get(keys.video(task_id))
+    try:
+        record = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    record.pop("stored_at", None)  # the record's own time, not a field of the Outcome's video
+    return record
 
 
 def _signatures(specs: list[Any]) -> list[Signature]:
@@ -153,7 +176,7 @@ def refire(record: JobRecord, settings: Settings, *, salvage: bool = False) -> N
     canvas replaces itself with the chain, as the terminal poll would have."""
     if record.raw:
         outcome = record.outcome or {}
-        fire_beside(record, salvage_outcome(outcome, record.handoff_fires) if salvage else outcome,
+        fire_beside(record, salvage_outcome(outcome, record.handoff_fires, settings) if salvage else outcome,
                     settings, salvage=salvage)  # fmt: skip
         return
     get_store(settings).touch(

@@ -228,7 +228,7 @@ class _Poller:
             log.info("poll %s hand-off poll: replacing itself with the %s chain", self.task_id,
                      "salvage" if salvage else "downstream")  # fmt: skip
             if salvage:
-                outcome = salvage_outcome(outcome, record.handoff_fires)
+                outcome = salvage_outcome(outcome, record.handoff_fires, self.settings)
             hand_off(self.task, record, outcome, self.settings, salvage=salvage)
         # The chain was fired already (it ends the caller's canvas); the sweeper fires it again if
         # it is lost.

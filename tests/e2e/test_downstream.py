@@ -382,7 +382,8 @@ def test_a_handoff_that_exhausts_its_refires_still_charges_and_notifies(
 ) -> None:
     """A user step that always raises keeps the chain from completing: the sweeper re-fires it until
     MAX_HANDOFF_FIRES, then fires charge and notify alone with step_errors.handoff recorded; the job
-    ends done, charged once and notified once."""
+    ends done, charged once and notified once, and its Outcome names the video the first step
+    stored."""
     from seedance_worker.engine.sweep import MAX_HANDOFF_FIRES
 
     env = {
@@ -407,6 +408,11 @@ def test_a_handoff_that_exhausts_its_refires_still_charges_and_notifies(
         got = f.receiver.for_task(tid)
         assert len(got) == 1 and got[0].verified
         assert got[0].payload["step_errors"]["handoff"]["kind"] == "handoff_exhausted"
+        video = rec.outcome["video"]
+        assert video is not None and video["uri"].startswith("file://"), rec.outcome
+        stored = Path(video["uri"].removeprefix("file://"))
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == video["sha256"]
+        assert got[0].payload["video"] == video
 
 
 # --- 2. charge twice at once ----------------------------------------------------------------------

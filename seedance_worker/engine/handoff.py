@@ -37,6 +37,7 @@ from seedance_worker.engine import tracing
 from seedance_worker.engine.jobs import publish_poll
 from seedance_worker.engine.schedule import handoff_lease
 from seedance_worker.engine.store import JobRecord, get_store
+from seedance_worker.models import VideoFile
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.settings import Settings, get_settings
 
@@ -83,26 +84,24 @@ def salvage_outcome(outcome: dict[str, Any], fires: int, settings: Settings) -> 
         f"only {' and '.join(SALVAGE_STEPS)} ran",
     }
     salvaged = {**outcome, "step_errors": {**(outcome.get("step_errors") or {}), "handoff": error}}
-    video = None if outcome.get("video") else stored_video(outcome.get("task_id"), settings)
-    if video is not None:
-        salvaged["video"] = video
+    task_id = outcome.get("task_id")
+    if isinstance(task_id, str) and not outcome.get("video"):
+        video = recorded_video(task_id, settings)
+        if video is not None:
+            salvaged["video"] = video.model_dump(mode="json")
     return salvaged
 
 
-def stored_video(task_id: Any, settings: Settings) -> dict[str, Any] | None:
+def recorded_video(task_id: str, settings: Settings) -> VideoFile | None:
     """The video record a completed download committed (``keys.video``, written by
-    steps/download.py after the file is whole), as the Outcome's ``video``; None without one."""
-    if not isinstance(task_id, str):
-        return None
+    steps/download.py once the file is whole); None without a readable one."""
     raw = connections.get_redis(settings).get(keys.video(task_id))
+    if not raw:
+        return None
     try:
-        record = json.loads(raw) if raw else None
+        return VideoFile.model_validate(json.loads(str(raw)))
     except ValueError:
         return None
-    if not isinstance(record, dict):
-        return None
-    record.pop("stored_at", None)  # the record's own time, not a field of the Outcome's video
-    return record
 
 
 def _signatures(specs: list[Any]) -> list[Signature]:

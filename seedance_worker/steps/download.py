@@ -53,7 +53,7 @@ from celery import Task, shared_task
 
 from seedance_worker import connections, keys, metrics
 from seedance_worker.client import get_client
-from seedance_worker.engine.handoff import extend_lease
+from seedance_worker.engine.handoff import extend_lease, recorded_video
 from seedance_worker.errors import DownloadError, RateLimited, RetryableError, SeedanceError
 from seedance_worker.logs import redact as redact
 from seedance_worker.models import Outcome, TaskSnapshot, VideoFile
@@ -278,14 +278,8 @@ def _snapshot(out: Outcome, settings: Settings) -> TaskSnapshot | None:
 
 def stored_video(task_id: str, settings: Settings, storage: Storage) -> VideoFile | None:
     """The VideoFile of an earlier completed download, when its record and its file still agree."""
-    raw = connections.get_redis(settings).get(video_key(task_id))
-    if not raw:
-        return None
-    try:
-        video = VideoFile.model_validate(json.loads(str(raw)))
-    except ValueError:
-        return None
-    if storage.size(file_name(task_id, VIDEO_SUFFIX)) != video.bytes:
+    video = recorded_video(task_id, settings)
+    if video is None or storage.size(file_name(task_id, VIDEO_SUFFIX)) != video.bytes:
         return None
     return video
 

@@ -61,7 +61,7 @@ class RoundStats:
     list_calls: int = 0
     advanced: int = 0
     ended: int = 0
-    by_get: int = 0  # published as a plain poll (missing from the answer, or list refused)
+    by_get: int = 0  # published as a plain poll (missing from the answer, list refused, revoked)
     deferred: int = 0  # parked again unread (not_before, a cool-down, the list-call cap)
 
     def add(self, other: RoundStats) -> None:
@@ -236,16 +236,17 @@ class _Round:
     def end(self, job: _Job, snap: TaskSnapshot | None) -> None:
         """The job's own poll ends it, from this snapshot (or after its own GET when there is none)."""
         self.stats.ended += 1
-        rec = job.record
-        snapshot = bounded_snapshot(snap) if snap is not None else None
-        publish_poll(rec.task_id, gen=rec.gen, countdown_s=0, celery_id=rec.owner, settings=self.settings,
-                     canvas=rec.canvas, snapshot=snapshot, trace=rec.trace)  # fmt: skip
+        self.publish(job.record, bounded_snapshot(snap) if snap is not None else None)
 
     def by_get(self, job: _Job) -> None:
         self.stats.by_get += 1
-        rec = job.record
+        self.publish(job.record, None)
+
+    def publish(self, rec: JobRecord, snapshot: dict[str, Any] | None) -> None:
+        """The job's own poll message, under its chain's id and canvas: with a snapshot it ends the
+        job from it, without one it reads the job with its own GET."""
         publish_poll(rec.task_id, gen=rec.gen, countdown_s=0, celery_id=rec.owner, settings=self.settings,
-                     canvas=rec.canvas, trace=rec.trace)  # fmt: skip
+                     canvas=rec.canvas, snapshot=snapshot, trace=rec.trace)  # fmt: skip
 
     def flush(self) -> None:
         """Every advance of the round in one pipeline; then progress and status-change hooks."""

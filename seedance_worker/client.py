@@ -159,14 +159,7 @@ class ArkClient:
             raise errors.InvalidRequest(f"{len(ids)} ids do not fit one list page of {page_size}")
         if not ids:
             return {}
-        params = [("page_num", "1"), ("page_size", str(page_size))]
-        params += [("filter.task_ids", tid) for tid in ids]
-        if model:
-            params.append(("filter.model", model))
-        if service_tier:
-            params.append(("filter.service_tier", service_tier))
-        body = self._request("GET", TASKS_PATH, params=params, list_call=True)
-        listing: TaskList = self._parse(TaskList, body, None)
+        listing = self.list_page(task_ids=ids, model=model, service_tier=service_tier, page_size=page_size)
         wanted = set(ids)
         found: dict[str, TaskSnapshot] = {}
         for snap in listing.items:

@@ -11,22 +11,8 @@ from typing import Any
 
 from seedance_worker import errors
 from seedance_worker.cli_ledger import add_ledger_parser
+from seedance_worker.cli_output import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, console, print_json
 from seedance_worker.version import __version__
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    # Piped output (logs, CI, `| grep`) gets wide tables instead of rich's 80-column default.
-    return Console(width=None if sys.stdout.isatty() else 200)
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _fmt_ts(ts: float | None) -> str:
@@ -46,14 +32,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"seedance-worker: task {args.task_id} not found ({exc})", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        _print_json(snap.model_dump(mode="json", exclude_none=True))
+        print_json(snap.model_dump(mode="json", exclude_none=True))
         return EXIT_OK
     from rich.table import Table
 
     table = Table(title=f"task {snap.id}", show_header=False)
     for key, value in snap.model_dump(mode="json", exclude_none=True).items():
         table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
-    _console().print(table)
+    console().print(table)
     return EXIT_OK
 
 
@@ -76,7 +62,7 @@ def _wait_outcomes(results: Sequence[Any], timeout_s: float | None, as_json: boo
         if step_errors:
             code = EXIT_FAILED  # a paid video that was not stored (or not charged, not notified)
         if as_json:
-            _print_json(outcome)
+            print_json(outcome)
         else:
             print(f"{outcome['task_id']}: {outcome['status']}{_step_errors_note(step_errors)}")
     return code
@@ -135,7 +121,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         if not res.ended:
             code = EXIT_FAILED
         if args.json:
-            _print_json({"task_id": res.task_id, "result": res.result, "message": res.message})
+            print_json({"task_id": res.task_id, "result": res.result, "message": res.message})
         else:
             print(f"{res.task_id}: {res.result}: {res.message}")
     return code
@@ -149,12 +135,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     records = get_store().all(limit=args.limit)
     queued = waiting(get_settings(), limit=args.limit)
     if args.json:
-        _print_json([r.public() for r in records] + queued)
+        print_json([r.public() for r in records] + queued)
         return EXIT_OK
     from rich.table import Table
 
     if queued:
-        _console().print(_waiting_table(queued))
+        console().print(_waiting_table(queued))
 
     table = Table(title=f"{len(records)} tracked jobs")
     # The account column only when some job is not the default account's.
@@ -173,7 +159,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             r.handoff or "-",
             _short_error(r.last_error),
         )
-    _console().print(table)
+    console().print(table)
     return EXIT_OK
 
 

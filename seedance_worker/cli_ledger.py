@@ -8,7 +8,8 @@ import json
 import sys
 from typing import Any
 
-EXIT_OK = 0
+from seedance_worker.cli_output import EXIT_OK, console, print_json
+
 FORMATS = ("table", "json", "jsonl", "csv")
 
 
@@ -82,14 +83,12 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         "reserved": reservation_totals(list_reservations(settings)),
     }
     if fmt == "json":
-        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+        print_json(report)
         return EXIT_OK
-    from rich.console import Console
-
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    out = console()
     if args.entries:
-        console.print(_entries_table(entries))
-    console.print(_totals_table(report["by_account_model_day"]))
+        out.print(_entries_table(entries))
+    out.print(_totals_table(report["by_account_model_day"]))
     totals, reserved = report["totals"], report["reserved"]
     print(f"total: {totals['count']} charges, {totals['completion_tokens']} tokens, "
           f"{_amount_text(totals['amount'])}; reserved: {reserved['count']} jobs, "

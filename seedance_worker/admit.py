@@ -21,7 +21,7 @@ from celery import Task, shared_task
 from seedance_worker import errors
 from seedance_worker.engine import admission
 from seedance_worker.engine.admission import Admission, Entry
-from seedance_worker.settings import Settings, get_settings
+from seedance_worker.settings import DEFAULT_ACCOUNT, Settings, get_settings
 from seedance_worker.submit import build_request, create_or_find, track_created
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def admit(settings: Settings, account: str | None, backend: Any) -> int:
     gate = Admission(settings, account)
     if gate.cap <= 0:
         log.warning("admit: admission control is off for account %s here; nothing admitted",
-                    account or "default")  # fmt: skip
+                    account or DEFAULT_ACCOUNT)  # fmt: skip
         return 0
     gate.clear_kick()  # from now on a freed slot sends another message: this one has started
     created = 0

@@ -130,7 +130,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from seedance_worker.engine.admission import waiting
     from seedance_worker.engine.store import get_store
-    from seedance_worker.settings import get_settings
+    from seedance_worker.settings import DEFAULT_ACCOUNT, get_settings
 
     records = get_store().all(limit=args.limit)
     queued = waiting(get_settings(), limit=args.limit)
@@ -151,7 +151,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for r in records:
         table.add_row(
             r.task_id,
-            *((r.account or "default",) if accounts else ()),
+            *((r.account or DEFAULT_ACCOUNT,) if accounts else ()),
             r.state,
             str(r.status or "-"),
             str(r.polls),
@@ -167,11 +167,13 @@ def _waiting_table(queued: list[dict[str, Any]]) -> Any:
     """Submissions waiting for an admission slot (not created yet: no task id)."""
     from rich.table import Table
 
+    from seedance_worker.settings import DEFAULT_ACCOUNT
+
     table = Table(title=f"{len(queued)} waiting submissions (admission control)")
     for col in ("position", "account", "state", "idempotency key", "handle", "waiting since"):
         table.add_column(col)
     for w in queued:
-        table.add_row(str(w["position"]), w["account"] or "default", "waiting", w["idempotency_key"],
+        table.add_row(str(w["position"]), w["account"] or DEFAULT_ACCOUNT, "waiting", w["idempotency_key"],
                       w["handle"], _fmt_ts(w["queued_at"]))  # fmt: skip
     return table
 

@@ -33,6 +33,8 @@ def _export(fmt: str, since: float | None) -> int:
 def _entries_table(entries: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
+    from seedance_worker.settings import DEFAULT_ACCOUNT
+
     table = Table(title=f"ledger: {len(entries)} entries")
     accounts = any(e.get("account") for e in entries)
     for col in ("task id", *(("account",) if accounts else ()), "model", "tier", "tokens", "price",
@@ -43,7 +45,7 @@ def _entries_table(entries: list[dict[str, Any]]) -> Any:
         price = f"{e.get('price_per_million')} ({e.get('price_rule')})" if e.get("price_rule") else "-"
         table.add_row(
             str(e.get("task_id")),
-            *((str(e.get("account") or "default"),) if accounts else ()),
+            *((str(e.get("account") or DEFAULT_ACCOUNT),) if accounts else ()),
             str(e.get("model")),
             str(e.get("service_tier") or "-"),
             str(e.get("completion_tokens")),

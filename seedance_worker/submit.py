@@ -36,7 +36,7 @@ from seedance_worker.models import CreateRequest
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.pricing import price_table
 from seedance_worker.quote import estimate_request, request_facts
-from seedance_worker.settings import Settings, get_settings
+from seedance_worker.settings import DEFAULT_ACCOUNT, Settings, get_settings
 from seedance_worker.steps.ledger import reserve as reserve_estimate
 from seedance_worker.track import track
 from seedance_worker.wiring.app import ensure_app
@@ -253,7 +253,7 @@ def submit_admitted(
     if got.verdict == "queued":
         admission.mark_waiting(app.backend, entry, account)
     if got.verdict in ("queued", "waiting"):
-        log.info("submit key=%s waits for a slot of account %s", key, account or "default")
+        log.info("submit key=%s waits for a slot of account %s", key, account or DEFAULT_ACCOUNT)
         return None, AsyncResult(got.celery_id, app=app)
     if got.verdict != "create":  # the key made its task already (or ended ambiguously)
         remote_id, posted = create_or_find(req, key, acct)

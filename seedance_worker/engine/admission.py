@@ -35,7 +35,7 @@ from celery import current_app
 
 from seedance_worker import connections, keys, scripts
 from seedance_worker.engine.store import JobRecord, get_store
-from seedance_worker.settings import Settings
+from seedance_worker.settings import DEFAULT_ACCOUNT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +262,8 @@ class Admission:
                            create_window_s=create_window_s(self.settings))  # fmt: skip
         if drop:
             self.r.zrem(self.slots, *drop)
-            log.info(
-                "admission %s: freed %d slots whose release was lost", self.account or "default", len(drop)
-            )
+            account = self.account or DEFAULT_ACCOUNT
+            log.info("admission %s: freed %d slots whose release was lost", account, len(drop))
         return len(drop)
 
     def waiting(self, limit: int) -> list[dict[str, Any]]:

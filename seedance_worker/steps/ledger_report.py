@@ -9,9 +9,8 @@ import time
 from collections.abc import Iterable
 from typing import IO, Any
 
+from seedance_worker.settings import DEFAULT_ACCOUNT
 from seedance_worker.steps.ledger import amounts_by_currency
-
-DEFAULT_ACCOUNT = "default"
 
 # One column per entry field a billing import needs, in a fixed order (a new field goes last).
 CSV_COLUMNS = (

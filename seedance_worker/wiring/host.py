@@ -18,6 +18,7 @@ from celery import Celery
 
 from seedance_worker.errors import ConfigError
 from seedance_worker.settings import ENV_PREFIX, Settings, load_settings, set_source
+from seedance_worker.settings_parts import is_sentinel_url
 
 CONF_PREFIX = "seedance_"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
@@ -85,7 +86,7 @@ def host_store(app: Celery) -> dict[str, tuple[str, Any]] | None:
         store: dict[str, tuple[str, Any]] = {"redis_url": (f"app.conf {key}", url)}
         where = "result_backend_transport_options" if key == "result_backend" else "broker_transport_options"
         options = conf[where] if isinstance(conf[where], Mapping) else {}
-        if url.lower().startswith("sentinel://") and options.get("master_name"):
+        if is_sentinel_url(url) and options.get("master_name"):
             store["redis_sentinel_master"] = (f"app.conf {where} master_name", options["master_name"])
             password = (options.get("sentinel_kwargs") or {}).get("password")
             if password:

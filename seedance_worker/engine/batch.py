@@ -46,7 +46,7 @@ from seedance_worker.engine.schedule import Schedule, next_round, park_time, wai
 from seedance_worker.engine.store import JobRecord, JobStore, get_store
 from seedance_worker.engine.store_rows import Advance, Due
 from seedance_worker.models import TaskSnapshot, bounded_snapshot
-from seedance_worker.ratelimit import RateLimiter, account_hash
+from seedance_worker.ratelimit import Permit, RateLimiter, account_hash
 from seedance_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,14 @@ class _Round:
             for job in group.jobs:
                 self.by_get(job)
             return
+        limiter = RateLimiter(redis_client, acct)
+        cap = ListCap(redis_client, acct, self.settings.batch_list_rps)
         size = self.settings.batch_size
         for start in range(0, len(group.jobs), size):
-            wait_s = self.gate(acct)
+            wait_s = gate(limiter, cap)
             while wait_s > 0 and time.monotonic() + wait_s <= self.pace_until:
                 time.sleep(wait_s)  # the next slot comes inside this round's interval: wait for it
-                wait_s = self.gate(acct)
+                wait_s = gate(limiter, cap)
             if wait_s > 0:
                 # Held (a cool-down, the fleet's rate, the list-call cap): this chunk and the rest
                 # of the group wait for a later round, where they go first (the longest unread),
@@ -154,19 +156,9 @@ class _Round:
                 for job in group.jobs[start:]:
                     self.defer(job, now, wait_s)
                 return
-            self.read_chunk(acct, group.service_tier, group.jobs[start : start + size])
+            self.read_chunk(acct, limiter, group.service_tier, group.jobs[start : start + size])
 
-    def gate(self, acct: Settings) -> float:
-        """0 when a list call may go now, else how long the account's limiter or the list-call cap
-        holds it."""
-        permit = RateLimiter(connections.get_redis(self.settings), acct).try_acquire()
-        if permit.wait_s > 0:
-            metrics.ratelimit_wait(permit.wait_s, permit.kind)
-            return permit.wait_s
-        return ListCap(connections.get_redis(self.settings), acct, self.settings.batch_list_rps).acquire()
-
-    def read_chunk(self, acct: Settings, tier: str | None, jobs: list[_Job]) -> None:
-        limiter = RateLimiter(connections.get_redis(self.settings), acct)
+    def read_chunk(self, acct: Settings, limiter: RateLimiter, tier: str | None, jobs: list[_Job]) -> None:
         ids = [job.record.task_id for job in jobs]
         self.stats.list_calls += 1
         try:
@@ -268,6 +260,22 @@ class _Round:
         self.advances = []
 
 
+def gate(limiter: RateLimiter, cap: ListCap) -> float:
+    """0 when a list call may go now (a slot of the list-call cap and one of the account's limiter
+    both taken), else how long the cap or the limiter holds it. The cap is asked first: a slot it
+    grants and the limiter then refuses is only a list-call slot, while an account slot granted
+    and then refused by the cap would be one less for the account's GETs and downloads."""
+    held = cap.acquire()
+    if held.wait_s > 0:
+        if held.kind == "cooldown":
+            metrics.ratelimit_wait(held.wait_s, held.kind)
+        return held.wait_s
+    permit = limiter.try_acquire()
+    if permit.wait_s > 0:
+        metrics.ratelimit_wait(permit.wait_s, permit.kind)
+    return permit.wait_s
+
+
 def last_read(job: _Job) -> float:
     """When the job was last read (never: when it was tracked)."""
     return job.record.updated_at or job.record.tracked_at or 0.0
@@ -278,9 +286,10 @@ class ListCap:
     on a key of its own, honouring the account's 429 cool-down too."""
 
     def __init__(self, client: Any, acct: Settings, rps: float) -> None:
-        self.rps = rps
         tat_key = keys.list_cap(account_hash(acct))
         self.limiter = RateLimiter(client, acct, tat_key=tat_key, rps=rps, burst=1) if rps > 0 else None
 
-    def acquire(self) -> float:
-        return self.limiter.try_acquire().wait_s if self.limiter is not None else 0.0
+    def acquire(self) -> Permit:
+        """A slot now (``wait_s`` 0), or how long the cap or the 429 cool-down holds; reserves
+        nothing when it answers wait."""
+        return self.limiter.try_acquire() if self.limiter is not None else Permit(0.0, "go")

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from seedance_worker import connections
 from seedance_worker.engine.batch import run_round
 from seedance_worker.engine.store import get_store
+from seedance_worker.ratelimit import RateLimiter
 from seedance_worker.settings import get_settings
 from seedance_worker.testing.simulator import Simulator
 from seedance_worker.track import track_many
@@ -72,3 +74,21 @@ def test_more_chunks_than_a_round_can_pace_reach_every_job_in_turn(capped: Simul
     assert sum(reads) >= 16 and all(n >= 2 for n in reads[:-1]), reads
     assert min(polls) >= 1 and max(polls) - min(polls) <= 1, sorted(polls)
     assert min(list_gaps(capped)) >= CAP_GAP_S - TOLERANCE_S, list_gaps(capped)
+
+
+@pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
+def test_a_capped_round_takes_one_account_slot_per_list_call(
+    capped: Simulator, env: pytest.MonkeyPatch
+) -> None:
+    """With the account's own rate limit set too (1/s, a burst of 10), a round of 3 list calls
+    paced by the 5/s cap uses 3 of the account's slots, leaving 7 for its GETs and downloads
+    (before: each pacing retry took an account slot the cap then refused, ~2 per call)."""
+    configure(env, rate_limit_rps="1", rate_limit_burst="10")
+    tids = [capped.add_task([("running", None)]) for _ in range(30)]
+    track_many(tids)
+    settings = get_settings()
+    stats = run_round(settings, now=time.time() + 30)
+    assert stats.list_calls == 3 and stats.deferred == 0, stats
+    limiter = RateLimiter(connections.get_redis(settings), settings)
+    granted = [limiter.try_acquire().wait_s == 0 for _ in range(8)]
+    assert granted.count(True) >= 7, granted

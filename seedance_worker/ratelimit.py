@@ -39,6 +39,9 @@ class Permit:
     kind: str  # "go" | "slot" | "cooldown"
 
 
+PERMIT_KINDS = {0: "go", 1: "slot", 2: "cooldown"}  # acquire.lua's second answer
+
+
 def account_hash(settings: Settings) -> str:
     """Names one account (API key and host) in Redis keys; the key itself is only ever hashed.
 
@@ -81,21 +84,20 @@ class RateLimiter:
 
     def acquire(self) -> Permit:
         """Reserve the next request slot (or learn how long the 429 cool-down still runs)."""
-        self._write_unwritten()
-        wait_us, kind = self._acquire(
-            keys=[self.tat_key, self.cool_key], args=[self.interval_us, self.tolerance_us]
-        )
-        return Permit(int(wait_us) / 1_000_000, {0: "go", 1: "slot", 2: "cooldown"}[int(kind)])
+        return self._reserve()
 
     def try_acquire(self) -> Permit:
         """``acquire`` for a caller that will not wait for its slot: told to wait, it reserves
         nothing (a batched round's chunk is deferred instead; refusals that reserved slots pushed
         the next allowed call ever further ahead until no list call went at all)."""
+        return self._reserve("try")
+
+    def _reserve(self, *mode: str) -> Permit:
         self._write_unwritten()
         wait_us, kind = self._acquire(
-            keys=[self.tat_key, self.cool_key], args=[self.interval_us, self.tolerance_us, "try"]
+            keys=[self.tat_key, self.cool_key], args=[self.interval_us, self.tolerance_us, *mode]
         )
-        return Permit(int(wait_us) / 1_000_000, {0: "go", 1: "slot", 2: "cooldown"}[int(kind)])
+        return Permit(int(wait_us) / 1_000_000, PERMIT_KINDS[int(kind)])
 
     def cooldown_left(self) -> float:
         """Seconds the 429 cool-down still runs (0: none); reserves no slot."""

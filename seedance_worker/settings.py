@@ -366,7 +366,7 @@ class Settings(BaseSettings):
         if key is None:
             return base
         view = _views.get((id(base), key))
-        if view is None or view[0] is not base:
+        if view is None:
             acct = base.accounts[key]
             rps = base.rate_limit_rps if acct.rate_limit_rps is None else acct.rate_limit_rps
             copy = base.model_copy(
@@ -385,14 +385,15 @@ class Settings(BaseSettings):
             copy._account, copy._base = key, base
             if len(_views) > 256:  # many short-lived Settings (tests, tools): keep the cache small
                 _views.clear()
-            view = _views[(id(base), key)] = (base, copy)
-        return view[1]
+            view = _views[(id(base), key)] = copy
+        return view
 
 
 _ACCOUNT_FIELDS = f" of an account ({', '.join(Account.model_fields)})"
 
-# (id of the base Settings, account) -> (that base, its view); the base is kept so its id stays its own.
-_views: dict[tuple[int, str], tuple[Settings, Settings]] = {}
+# (id of the base Settings, account) -> its view; the view's ``_base`` keeps the base alive, so the id
+# stays its own while the entry lasts.
+_views: dict[tuple[int, str], Settings] = {}
 
 
 class _ExplicitSettings(Settings):

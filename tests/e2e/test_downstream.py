@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,14 +32,13 @@ import redis
 from celery import group
 
 import seedance_worker
-from seedance_worker.engine.store import JobRecord, get_store
 from seedance_worker.steps.charge import charge_usage, entry_id, list_ledger
 from seedance_worker.testing.simulator import SimConfig, Simulator
 from seedance_worker.testing.webhooks import WebhookReceiver
 from tests.support.e2e_downstream_tasks import ENRICH_KEY, EXPLODE_KEY
 from tests.support.env import clean_redis, reset_caches
 from tests.support.waiting import wait_for
-from tests.support.workers import WorkerProcess, Workers, worker_env
+from tests.support.workers import WorkerProcess, Workers, wait_done, worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -54,19 +53,6 @@ def _secret() -> str:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _tails(ws: Workers) -> Callable[[], str]:
-    return lambda: "\n".join(f"=== {w.name}\n{w.log_text()[-2500:]}" for w in ws.procs)
-
-
-def _wait_done(tid: str, timeout_s: float, ws: Workers) -> JobRecord:
-    def done() -> JobRecord | None:
-        rec = get_store().get(tid)
-        return rec if rec is not None and rec.state == "done" else None
-
-    rec: JobRecord = wait_for(done, timeout_s, f"job {tid} done", lambda: f"{get_store().get(tid)}\n{_tails(ws)()}")
-    return rec
 
 
 # --- helpers: a throttling file proxy ---------------------------------------
@@ -281,7 +267,7 @@ def test_sigkill_mid_download_leaves_no_partial_file_and_ends_downloaded_once(
             p = f.download_dir / f".{tid}.mp4.part"
             return p.exists() and p.stat().st_size >= 256 * 1024
 
-        wait_for(part_big, 30, "the partial file", _tails(f.ws))
+        wait_for(part_big, 30, "the partial file", f.ws.tails)
         part = (f.download_dir / f".{tid}.mp4.part").resolve()
         holders = _openers(part)
         victim = _owner(holders[0], f.ws.procs) if len(holders) == 1 else None
@@ -289,7 +275,7 @@ def test_sigkill_mid_download_leaves_no_partial_file_and_ends_downloaded_once(
         victim.kill()
         killed_at = time.time()
         # SIGKILL lands asynchronously on the child: read the size once nothing has the file open.
-        wait_for(lambda: not _openers(part), 10, "the killed child to go", _tails(f.ws))
+        wait_for(lambda: not _openers(part), 10, "the killed child to go", f.ws.tails)
         at_kill = part.stat().st_size
         # A reader never sees a partial file under the final name.
         assert not final.exists() or _sha(final.read_bytes()) == _sha(expected)
@@ -298,7 +284,7 @@ def test_sigkill_mid_download_leaves_no_partial_file_and_ends_downloaded_once(
         f.proxy.rate = 64 * 1024 * 1024  # only the killed attempt needs to be slow
         f.ws.spawn("w3").wait_ready()
 
-        rec = _wait_done(tid, 60, f.ws)
+        rec = wait_done(tid, 60, f.ws)
         recovered_after = time.time() - killed_at
 
         assert _files(f.download_dir) == [f"{tid}.mp4"]  # one file, no .part left behind
@@ -359,7 +345,7 @@ def test_a_full_disk_in_a_real_worker_retries_then_still_charges_and_notifies(
         assert f.receiver is not None
         tid = f.sim.add_task(SCRIPT, video_bytes=2 * FSIZE_LIMIT)
         seedance_worker.track(tid)
-        rec = _wait_done(tid, 120, f.ws)
+        rec = wait_done(tid, 120, f.ws)
         assert rec.outcome is not None and rec.outcome["video"] is None
         err = rec.outcome["step_errors"]["download"]
         assert err["kind"] == "storage_full" and "EFBIG" in err["message"], err
@@ -396,7 +382,7 @@ def test_a_handoff_that_exhausts_its_refires_still_charges_and_notifies(
         assert f.receiver is not None
         tid = f.sim.add_task(SCRIPT)
         seedance_worker.track(tid)
-        rec = _wait_done(tid, 120, f.ws)
+        rec = wait_done(tid, 120, f.ws)
         assert rec.handoff == "done" and rec.handoff_fires == MAX_HANDOFF_FIRES + 1
         r = redis.Redis.from_url(redis_url, decode_responses=True)
         assert r.lrange(EXPLODE_KEY, 0, -1).count(tid) == MAX_HANDOFF_FIRES
@@ -424,7 +410,7 @@ def test_charge_usage_twice_at_once_leaves_one_ledger_entry(shared: Fleet) -> No
     f = shared
     tid = f.sim.add_task(SCRIPT, usage_tokens=108_900)
     seedance_worker.track(tid, on_succeeded=[], metadata={"order": "o-2"})  # no charge in the chain
-    outcome = _wait_done(tid, 30, f.ws).outcome
+    outcome = wait_done(tid, 30, f.ws).outcome
     assert outcome is not None and outcome["charge"] is None
     assert [e for e in list_ledger()[0] if e["task_id"] == tid] == []
 
@@ -455,7 +441,7 @@ def test_notify_retries_500s_until_a_signed_200(shared: Fleet) -> None:
     tid = f.sim.add_task(SCRIPT)
     f.receiver.plan([500, 500], task_id=tid)
     seedance_worker.track(tid)
-    rec = _wait_done(tid, 30, f.ws)
+    rec = wait_done(tid, 30, f.ws)
 
     assert rec.outcome is not None
     note = rec.outcome["notification"]
@@ -483,7 +469,7 @@ def test_expired_download_url_is_refreshed_with_one_extra_get(shared: Fleet) -> 
     try:
         tid = f.sim.add_task(SCRIPT)
         seedance_worker.track(tid)
-        rec = _wait_done(tid, 30, f.ws)
+        rec = wait_done(tid, 30, f.ws)
     finally:
         f.sim.configure(expire_first_download=False)
 
@@ -519,7 +505,7 @@ def test_refused_downloads_record_a_typed_error_and_still_notify(shared: Fleet) 
     }
     for tid in cases:
         seedance_worker.track(tid)
-    records = {tid: _wait_done(tid, 30, f.ws) for tid in cases}
+    records = {tid: wait_done(tid, 30, f.ws) for tid in cases}
 
     for tid, kind in cases.items():
         out = records[tid].outcome
@@ -551,7 +537,7 @@ def test_user_task_in_on_succeeded_gets_the_downloaded_outcome_and_feeds_the_nex
     assert f.receiver is not None
     tid = f.sim.add_task(SCRIPT)
     seedance_worker.track(tid, metadata={"user": "u-6"})
-    rec = _wait_done(tid, 30, f.ws)
+    rec = wait_done(tid, 30, f.ws)
     sha = _sha(f.sim.file_bytes(tid))
 
     r = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -586,7 +572,7 @@ def test_malformed_video_urls_still_charge_and_notify(shared: Fleet) -> None:
     tids = [f.sim.add_task(SCRIPT, response_extra={"content": {"video_url": u}}) for u in urls]
     for tid in tids:
         seedance_worker.track(tid)
-    records = {tid: _wait_done(tid, 30, f.ws) for tid in tids}
+    records = {tid: wait_done(tid, 30, f.ws) for tid in tids}
     ledger = {e["task_id"] for e in list_ledger()[0]}
     for tid in tids:
         out = records[tid].outcome
@@ -595,5 +581,9 @@ def test_malformed_video_urls_still_charge_and_notify(shared: Fleet) -> None:
         assert err["kind"] == "invalid_url" and "abc" not in err["message"], (tid, err)
         assert tid in ledger and out["charge"]["entry_id"] == entry_id(tid)
         got = f.receiver.for_task(tid)
-        assert len(got) == 1 and got[0].verified and got[0].payload["step_errors"]["download"]["kind"] == "invalid_url"
+        assert (
+            len(got) == 1
+            and got[0].verified
+            and got[0].payload["step_errors"]["download"]["kind"] == "invalid_url"
+        )
         assert f.sim.requests(kind="file", task_id=tid) == []

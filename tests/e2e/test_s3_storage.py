@@ -12,7 +12,7 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,13 @@ from typing import Any
 import pytest
 
 import seedance_worker
-from seedance_worker.engine.store import JobRecord, get_store
 from seedance_worker.steps.charge import list_ledger
 from seedance_worker.testing.s3 import SeaweedS3
 from seedance_worker.testing.simulator import SimConfig, Simulator
 from tests.e2e.test_downstream import ThrottleProxy
 from tests.support.env import clean_redis, reset_caches
 from tests.support.waiting import wait_for
-from tests.support.workers import WorkerProcess, Workers
+from tests.support.workers import WorkerProcess, Workers, wait_done
 
 pytestmark = pytest.mark.slow
 
@@ -121,19 +120,6 @@ def s3_fleet(
         sim.stop()
 
 
-def _tails(ws: Workers) -> Callable[[], str]:
-    return lambda: "\n".join(f"=== {w.name}\n{w.log_text()[-2500:]}" for w in ws.procs)
-
-
-def _done(tid: str, timeout_s: float, ws: Workers) -> JobRecord:
-    def done() -> JobRecord | None:
-        rec = get_store().get(tid)
-        return rec if rec is not None and rec.state == "done" else None
-
-    rec: JobRecord = wait_for(done, timeout_s, f"job {tid} done", _tails(ws))
-    return rec
-
-
 def test_videos_land_in_s3_whole_with_their_sha256(s3_fleet: S3Fleet) -> None:
     """8 jobs of 2-part videos and their last frames through two real workers into S3: each object
     is there with the recorded sha256 and size, video.uri names it, no partial object was ever
@@ -144,7 +130,7 @@ def test_videos_land_in_s3_whole_with_their_sha256(s3_fleet: S3Fleet) -> None:
         tids = [f.sim.add_task(SCRIPT, video_bytes=n, return_last_frame=True) for n in sizes]
         for tid in tids:
             seedance_worker.track(tid)
-        records = {tid: _done(tid, 120, ws) for tid in tids}
+        records = {tid: wait_done(tid, 120, ws) for tid in tids}
     objects = f.objects()
     for tid, size in zip(tids, sizes, strict=True):
         out = records[tid].outcome
@@ -201,7 +187,7 @@ def test_sigkill_of_the_post_worker_mid_upload_recovers(
             assert [u["UploadId"] for u in f.uploads()] == [dead_id]  # left behind by the kill
             proxy.rate = 256 * MIB
             ws.spawn("post2").wait_ready()
-            rec = _done(tid, 120, ws)
+            rec = wait_done(tid, 120, ws)
             recovered_s = time.monotonic() - killed_at
             received = ws.logs().count(f"download task={tid} video stored")
     finally:
@@ -235,7 +221,7 @@ def _wait_for_a_part(f: S3Fleet, key: str, ws: Workers) -> str:
                     return str(up["UploadId"])
         return None
 
-    found: str = wait_for(part_sent, 60, "a part of the upload in S3", _tails(ws))
+    found: str = wait_for(part_sent, 60, "a part of the upload in S3", ws.tails)
     return found
 
 

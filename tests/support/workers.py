@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import IO
 
+from seedance_worker.engine.store import JobRecord, get_store
+from tests.support.waiting import wait_for
+
 
 class WorkerProcess:
     """One worker (main process plus its prefork children) in its own process group."""
@@ -118,3 +121,20 @@ class Workers:
 
     def logs(self) -> str:
         return "\n".join(w.log_text() for w in self.procs)
+
+    def tails(self) -> str:
+        """The last 2,500 characters of each worker's log: what a failed wait shows."""
+        return "\n".join(f"=== {w.name}\n{w.log_text()[-2500:]}" for w in self.procs)
+
+
+def wait_done(tid: str, timeout_s: float, ws: Workers) -> JobRecord:
+    """The job's record once it is done; on a timeout, its record and the workers' log tails."""
+
+    def done() -> JobRecord | None:
+        rec = get_store().get(tid)
+        return rec if rec is not None and rec.state == "done" else None
+
+    rec: JobRecord = wait_for(
+        done, timeout_s, f"job {tid} done", lambda: f"{get_store().get(tid)}\n{ws.tails()}"
+    )
+    return rec

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from seedance_worker.testing.redis import EmbeddedRedis
+from seedance_worker.wiring import host
 from seedance_worker.wiring.app import reset_caches
 
 # Session-wide: the bundled Celery app reads these once, when it is first built.
@@ -85,6 +86,13 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     yield monkeypatch
     monkeypatch.undo()
     reset_caches()
+
+
+@pytest.fixture
+def forget_host(env: pytest.MonkeyPatch) -> Iterator[None]:
+    """For a test that installs into a host app: the host's settings are forgotten after it."""
+    yield
+    host.forget()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -186,13 +185,7 @@ def test_a_submit_key_is_the_accounts_own() -> None:
     assert keys.idempotency("volc:k1") != keys.idempotency("k1", "volc")
 
 
-@pytest.fixture
-def _forget_host(env: pytest.MonkeyPatch) -> Iterator[None]:
-    yield
-    host.forget()
-
-
-@pytest.mark.usefixtures("_forget_host")
+@pytest.mark.usefixtures("forget_host")
 def test_accounts_from_app_conf_and_install() -> None:
     """A host sets accounts as a mapping in app.conf (seedance_accounts) or install(settings=...)."""
     app = Celery("host", broker="redis://broker.example:6379/1", set_as_current=False)

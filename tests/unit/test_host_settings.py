@@ -3,8 +3,6 @@ the job store on the host's own Redis, unknown keys refused by name, the seedanc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from celery import Celery
 
@@ -14,11 +12,7 @@ from seedance_worker.wiring import host
 from seedance_worker.wiring.app import install
 from tests.support.env import configure
 
-
-@pytest.fixture(autouse=True)
-def _forget_host(env: pytest.MonkeyPatch) -> Iterator[None]:
-    yield
-    host.forget()
+pytestmark = pytest.mark.usefixtures("forget_host")
 
 
 def _app(**conf: object) -> Celery:

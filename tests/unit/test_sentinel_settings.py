@@ -4,8 +4,6 @@ name, taken from a host app's own transport options, and their passwords never s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from celery import Celery
 
@@ -20,12 +18,6 @@ from tests.support.env import configure
 
 REDIS_PW = "redis-pw-SECRET-5e7a"
 SENTINEL_PW = "sentinel-pw-SECRET-8c1d"
-
-
-@pytest.fixture
-def _forget_host(env: pytest.MonkeyPatch) -> Iterator[None]:
-    yield
-    host.forget()
 
 
 def test_the_kombu_form_gives_every_sentinel_and_the_first_parts_credentials_and_db() -> None:
@@ -111,7 +103,7 @@ def test_the_bundled_app_passes_the_master_name_to_broker_and_backend() -> None:
     assert plain["result_backend_transport_options"]["retry_policy"] == {"timeout": 5.0}
 
 
-@pytest.mark.usefixtures("_forget_host")
+@pytest.mark.usefixtures("forget_host")
 def test_a_host_on_sentinel_lends_its_url_master_name_and_sentinel_password(env: pytest.MonkeyPatch) -> None:
     """The job store follows the host's result backend with that backend's transport options; the
     broker's when only the broker is on Redis; SEEDANCE_REDIS_SENTINEL_MASTER still outranks both."""
@@ -135,7 +127,7 @@ def test_a_host_on_sentinel_lends_its_url_master_name_and_sentinel_password(env:
     assert host.adopt(app, None).redis_sentinel_master == "from-env"
 
 
-@pytest.mark.usefixtures("_forget_host")
+@pytest.mark.usefixtures("forget_host")
 def test_a_bad_host_sentinel_url_is_named_as_the_host_wrote_it(env: pytest.MonkeyPatch) -> None:
     configure(env, redis_url=None)
     app = Celery("host", broker="sentinel://s1:nope", set_as_current=False)

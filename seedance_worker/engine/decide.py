@@ -14,7 +14,7 @@ from typing import Any
 from seedance_worker import errors
 from seedance_worker.engine.schedule import DEFAULT_EXPIRES_AFTER_S, Schedule, Uniform
 from seedance_worker.engine.store import JobRecord
-from seedance_worker.models import TaskSnapshot, bounded_snapshot
+from seedance_worker.models import Outcome, TaskSnapshot, bounded_snapshot
 
 LAST_ERROR_MAX_CHARS = 500  # last_error lives in the job record and in `seedance-worker jobs`
 # A read got through: no error streak, no error and no Retry-After wait left to keep (not stored).
@@ -98,6 +98,40 @@ def advance_fields(
     if snap is not None and snap.service_tier == "flex" and record.service_tier != "flex":
         fields["service_tier"] = "flex"  # a batched list call must ask for flex to see it
     return fields
+
+
+def terminal_fields(
+    record: JobRecord,
+    status: str,
+    error: dict[str, Any] | None,
+    now: float,
+    *,
+    polls: int,
+    snapshot: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What ending a job writes to its record, its Outcome included (a poll's terminal read, a
+    cancel)."""
+    outcome = Outcome(
+        task_id=record.task_id,
+        status=status,  # type: ignore[arg-type]
+        snapshot=snapshot,
+        metadata=record.metadata,
+        polls=polls,
+        tracked_at=record.tracked_at,
+        terminal_at=now,
+        error=error,
+        account=record.account,
+        submitted=record.submitted,
+    ).wire()
+    return {
+        "status": status,
+        "outcome": outcome,
+        "polls": polls,
+        "terminal_at": now,
+        "updated_at": now,
+        "next_due_at": None,
+        "end_reason": (error or {}).get("code"),
+    }
 
 
 def _early(record: JobRecord, now: float, schedule: Schedule) -> bool:

@@ -24,12 +24,19 @@ from pydantic import BaseModel, ConfigDict
 from seedance_worker import connections, errors, metrics
 from seedance_worker.client import get_client, validate_task_id
 from seedance_worker.engine import admission, progress, tracing
-from seedance_worker.engine.decide import Finish, Reschedule, advance_fields, decide, wait_for_not_before
+from seedance_worker.engine.decide import (
+    Finish,
+    Reschedule,
+    advance_fields,
+    decide,
+    terminal_fields,
+    wait_for_not_before,
+)
 from seedance_worker.engine.handoff import deliver, fire_beside, hand_off, salvage_outcome
 from seedance_worker.engine.jobs import POLL_TASK, refuse_eager, registration_fields
 from seedance_worker.engine.schedule import Schedule, handoff_lease, park_time, running_lease, waiting_lease
 from seedance_worker.engine.store import Begun, JobRecord, JobStore, get_store
-from seedance_worker.models import Outcome, TaskSnapshot, bounded_snapshot
+from seedance_worker.models import TaskSnapshot, bounded_snapshot
 from seedance_worker.outage import survive_redis_outage
 from seedance_worker.ratelimit import Permit, RateLimiter, has_unwritten_cooldown, limiter_keys
 from seedance_worker.settings import Settings, get_settings
@@ -356,27 +363,8 @@ class _Poller:
     ) -> dict[str, Any]:
         snapshot = bounded_snapshot(snap) if snap is not None else None
         polls = record.polls + (1 if snap is not None or decision.status == "not_found" else 0)
-        outcome = Outcome(
-            task_id=self.task_id,
-            status=decision.status,  # type: ignore[arg-type]
-            snapshot=snapshot,
-            metadata=record.metadata,
-            polls=polls,
-            tracked_at=record.tracked_at,
-            terminal_at=now,
-            error=decision.error,
-            account=record.account,
-            submitted=record.submitted,
-        ).wire()
-        fields = {
-            "status": decision.status,
-            "outcome": outcome,
-            "polls": polls,
-            "terminal_at": now,
-            "updated_at": now,
-            "next_due_at": None,
-            "end_reason": (decision.error or {}).get("code"),
-        }
+        fields = terminal_fields(record, decision.status, decision.error, now, polls=polls, snapshot=snapshot)
+        outcome: dict[str, Any] = fields["outcome"]
         if not self.store.finish(
             self.task_id, gen, lease_at=handoff_lease(self.settings, now), fields=fields
         ):

@@ -98,7 +98,7 @@ class JobRecord:
 
     @classmethod
     def from_hash(cls, task_id: str, raw: dict[str, str]) -> JobRecord:
-        known = set(cls.__dataclass_fields__)
+        known = cls.__dataclass_fields__  # a dict: membership without a set built per record
         values: dict[str, Any] = {}
         for k, v in raw.items():
             if k not in known or k == "task_id" or v == "":

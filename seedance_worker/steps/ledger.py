@@ -38,6 +38,7 @@ RESERVED = keys.LEDGER_RESERVED
 RESERVED_AT = keys.LEDGER_RESERVED_AT
 TRIM_BATCH = 100  # entries looked at per new entry: a backlog of old ones drains 100 at a time
 DAY_S = 86400
+READ_BATCH = 500  # ids per HMGET when reading many entries or reservations
 
 
 def charged_at(raw: str | bytes | None) -> float:
@@ -67,21 +68,30 @@ def get_reservation(task_id: str, settings: Settings | None = None) -> dict[str,
 
 def release(task_id: str, settings: Settings) -> bool:
     """Drop the task's reservation (its job ended without anything to charge)."""
-    pipe = connections.get_redis(settings).pipeline(transaction=True)
-    pipe.hdel(RESERVED, task_id)
-    pipe.zrem(RESERVED_AT, task_id)
+    return bool(_drop_reservations(connections.get_redis(settings), [task_id]))
+
+
+def _drop_reservations(r: Any, task_ids: list[str]) -> int:
+    """Drop these tasks' reservations (hash and time index together); how many there were."""
+    pipe = r.pipeline(transaction=True)
+    pipe.hdel(RESERVED, *task_ids)
+    pipe.zrem(RESERVED_AT, *task_ids)
     removed, _ = pipe.execute()
-    return bool(removed)
+    return int(removed)
+
+
+def _values(r: Any, key: str, ids: list[str]) -> Iterator[str]:
+    """The values of ``ids`` in hash ``key``, in order, skipping the missing: one HMGET per
+    ``READ_BATCH``."""
+    for i in range(0, len(ids), READ_BATCH):
+        yield from (raw for raw in r.hmget(key, ids[i : i + READ_BATCH]) if raw)
 
 
 def list_reservations(settings: Settings | None = None) -> list[dict[str, Any]]:
     """The open reservations, oldest first."""
     r = connections.get_redis(settings or get_settings())
     ids = [str(x) for x in r.zrange(RESERVED_AT, 0, -1)]
-    out: list[dict[str, Any]] = []
-    for i in range(0, len(ids), 500):
-        out.extend(json.loads(raw) for raw in r.hmget(RESERVED, ids[i : i + 500]) if raw)
-    return out
+    return [json.loads(raw) for raw in _values(r, RESERVED, ids)]
 
 
 def trim_reservations(settings: Settings, *, now: float | None = None, limit: int = TRIM_BATCH) -> int:
@@ -93,10 +103,7 @@ def trim_reservations(settings: Settings, *, now: float | None = None, limit: in
     tracked = still_tracked(old, settings)
     gone = [tid for tid in old if tid not in tracked]
     if gone:
-        pipe = r.pipeline(transaction=True)
-        pipe.hdel(RESERVED, *gone)
-        pipe.zrem(RESERVED_AT, *gone)
-        pipe.execute()
+        _drop_reservations(r, gone)
     return len(gone)
 
 
@@ -139,10 +146,9 @@ def iter_ledger(settings: Settings | None = None, *, since: float | None = None)
     settings = settings or get_settings()
     r = connections.get_redis(settings)
     ids = [str(x) for x in r.lrange(LEDGER, 0, -1)]
-    for i in range(0, len(ids), 500):
-        for raw in r.hmget(LEDGER_BY_TASK, ids[i : i + 500]):
-            if raw and (since is None or charged_at(raw) >= since):
-                yield json.loads(raw)
+    for raw in _values(r, LEDGER_BY_TASK, ids):
+        if since is None or charged_at(raw) >= since:
+            yield json.loads(raw)
 
 
 def get_entry(task_id: str, settings: Settings | None = None) -> dict[str, Any] | None:
@@ -178,7 +184,5 @@ def list_ledger(
     r = connections.get_redis(settings)
     start = -limit if limit else 0
     ids = [str(x) for x in r.lrange(LEDGER, start, -1)]
-    entries: list[dict[str, Any]] = []
-    for i in range(0, len(ids), 500):
-        entries.extend(json.loads(raw) for raw in r.hmget(LEDGER_BY_TASK, ids[i : i + 500]) if raw)
+    entries = [json.loads(raw) for raw in _values(r, LEDGER_BY_TASK, ids)]
     return entries, totals_of(entries)

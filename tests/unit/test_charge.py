@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from seedance_worker.steps.charge import (
     charge_usage,
     list_ledger,
 )
+from tests.support.ids import new_id
 
 MODEL = "seedance-1-5-pro-251215"
 
@@ -37,10 +37,6 @@ def ledger(env: pytest.MonkeyPatch, redis_url: str) -> Any:
     r = get_store(get_settings()).r
     r.flushdb()
     return r
-
-
-def new_id() -> str:
-    return f"cgt-20260101000000-{uuid.uuid4().hex[:10]}"
 
 
 def make_outcome(

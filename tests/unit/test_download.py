@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from seedance_worker.steps import fetch as fetch_mod
 from seedance_worker.steps.download import download_video, host_allowed, redact, video_key
 from seedance_worker.steps.storage import LocalStorage, StorageBusy, file_name
 from tests.support.file_server import PNG, VIDEO, FileServer, Route
+from tests.support.ids import new_id
 
 
 @pytest.fixture
@@ -32,10 +32,6 @@ def files() -> Iterator[FileServer]:
         yield server
     finally:
         server.stop()
-
-
-def new_id() -> str:
-    return f"cgt-20260101000000-{uuid.uuid4().hex[:10]}"
 
 
 def make_outcome(

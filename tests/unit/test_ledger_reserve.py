@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +29,7 @@ from seedance_worker.steps.ledger import (
     trim_reservations,
 )
 from seedance_worker.steps.ledger_report import CSV_COLUMNS, by_account_model_day, day_of
+from tests.support.ids import new_id
 
 V20 = "dreamina-seedance-2-0-260128"
 DAY_S = 86400
@@ -49,10 +49,6 @@ def r(env: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Any:
     client.flushdb()
     yield client
     client.flushdb()
-
-
-def new_id() -> str:
-    return f"cgt-20260101000000-{uuid.uuid4().hex[:10]}"
 
 
 def submitted(video: bool) -> dict[str, Any]:

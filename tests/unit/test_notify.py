@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from seedance_worker.models import Outcome
 from seedance_worker.settings import get_settings, reset_settings_cache
 from seedance_worker.steps.notify import NO_URL_ERROR, delivery_key, notify, webhook_id
 from seedance_worker.testing.webhooks import WebhookReceiver
+from tests.support.ids import new_id
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
@@ -40,10 +40,6 @@ def configure(env: pytest.MonkeyPatch, url: str | None, secret: str | None = SEC
         else:
             env.setenv(f"SEEDANCE_{name.upper()}", value)
     reset_settings_cache()
-
-
-def new_id() -> str:
-    return f"cgt-20260101000000-{uuid.uuid4().hex[:10]}"
 
 
 def make_outcome(task_id: str, status: str = "succeeded") -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -32,14 +31,11 @@ from seedance_worker.steps.charge import (
 )
 from seedance_worker.steps.notify import delivery_key, notify, webhook_id
 from seedance_worker.testing.webhooks import Delivery, WebhookReceiver
+from tests.support.ids import new_id
 
 DB = 12
 DAY_S = 86400
 FAR_S = 10 * DAY_S  # leases this far ahead: the sweeper never finds these jobs overdue
-
-
-def new_id() -> str:
-    return f"cgt-20260101000000-{uuid.uuid4().hex[:10]}"
 
 
 def _own_keys(r: redis.Redis) -> list[str]:

@@ -28,7 +28,8 @@ from seedance_worker.steps.storage_s3 import S3Storage
 from seedance_worker.testing.s3 import SeaweedS3
 from tests.support.env import reset_caches
 from tests.support.file_server import PNG, FileServer, Route
-from tests.unit.test_download import make_outcome, new_id
+from tests.support.ids import new_id
+from tests.unit.test_download import make_outcome
 
 MIB = 1024 * 1024
 

@@ -70,16 +70,10 @@ class RoundStats:
 
 
 @dataclass
-class _Job:
-    due: Due
-    record: JobRecord
-
-
-@dataclass
 class _Chunk:
     account: str | None
     service_tier: str | None
-    jobs: list[_Job] = field(default_factory=list)
+    jobs: list[Due] = field(default_factory=list)
 
 
 def run_round(settings: Settings, *, now: float | None = None) -> RoundStats:
@@ -105,7 +99,7 @@ class _Round:
         self.pace_until = pace_until
         self.schedule = Schedule.from_settings(settings)
         self.stats = RoundStats()
-        self.advances: list[tuple[_Job, Advance]] = []
+        self.advances: list[tuple[Due, Advance]] = []
 
     def run(self, due: list[Due]) -> RoundStats:
         self.stats.claimed += len(due)
@@ -117,14 +111,14 @@ class _Round:
                 # revoke() of the poll's id: a job in a round has no message for a worker to
                 # discard, so it gets one now; the worker that meets it cancels the job
                 # (wiring/signals.py), as in per-job mode.
-                self.by_get(_Job(d, record))
+                self.by_get(d)
                 continue
             wait = wait_for_not_before(record, now=now, schedule=self.schedule)
             if wait is not None:
-                self.defer(_Job(d, record), now, wait.countdown_s)
+                self.defer(d, now, wait.countdown_s)
                 continue
             key = (record.account, record.service_tier)
-            chunks.setdefault(key, _Chunk(*key)).jobs.append(_Job(d, record))
+            chunks.setdefault(key, _Chunk(*key)).jobs.append(d)
         for chunk in chunks.values():
             chunk.jobs.sort(key=last_read)  # the longest unread first: a capped round reaches all
             self.read_group(chunk)
@@ -158,7 +152,7 @@ class _Round:
                 return
             self.read_chunk(acct, limiter, group.service_tier, group.jobs[start : start + size])
 
-    def read_chunk(self, acct: Settings, limiter: RateLimiter, tier: str | None, jobs: list[_Job]) -> None:
+    def read_chunk(self, acct: Settings, limiter: RateLimiter, tier: str | None, jobs: list[Due]) -> None:
         ids = [job.record.task_id for job in jobs]
         self.stats.list_calls += 1
         try:
@@ -184,7 +178,7 @@ class _Round:
             else:
                 self.act(job, snap, time.time())
 
-    def failed_call(self, limiter: RateLimiter, jobs: list[_Job], exc: errors.SeedanceError) -> None:
+    def failed_call(self, limiter: RateLimiter, jobs: list[Due], exc: errors.SeedanceError) -> None:
         """The list call failed: each job is rescheduled as if its own GET had (a 429 is not an
         error against any job; it cools the whole account down)."""
         if isinstance(exc, errors.RateLimited):
@@ -201,21 +195,21 @@ class _Round:
 
     # --- one job ---------------------------------------------------------------------------------
 
-    def act(self, job: _Job, snap: TaskSnapshot, now: float) -> None:
+    def act(self, job: Due, snap: TaskSnapshot, now: float) -> None:
         decision = decide(job.record, snap, now=now, schedule=self.schedule)
         if isinstance(decision, Finish):
             self.end(job, snap)
         else:
             self.advance(job, decision, now, snap)
 
-    def advance(self, job: _Job, decision: Reschedule, now: float, snap: TaskSnapshot | None) -> None:
+    def advance(self, job: Due, decision: Reschedule, now: float, snap: TaskSnapshot | None) -> None:
         fields = advance_fields(job.record, decision, now, snap)
-        park_at = next_round(self.settings, now, decision.countdown_s, read_round=job.due.due_at)
+        park_at = next_round(self.settings, now, decision.countdown_s, read_round=job.due_at)
         fields["next_due_at"] = park_at
         lease_at = waiting_lease(self.settings, park_at - now, now)
         self.advances.append((job, Advance(job.record.task_id, job.record.gen, lease_at, fields, park_at)))
 
-    def defer(self, job: _Job, now: float, wait_s: float) -> None:
+    def defer(self, job: Due, now: float, wait_s: float) -> None:
         """Park again, unread, for the first round after ``wait_s`` (a Retry-After, a cool-down, the
         list-call cap): the job moves to its next generation without a call, and keeps the time of
         its last read (``updated_at``), so it goes before the jobs read since."""
@@ -225,12 +219,12 @@ class _Round:
         lease_at = waiting_lease(self.settings, park_at - now, now)
         self.advances.append((job, Advance(job.record.task_id, job.record.gen, lease_at, fields, park_at)))
 
-    def end(self, job: _Job, snap: TaskSnapshot | None) -> None:
+    def end(self, job: Due, snap: TaskSnapshot | None) -> None:
         """The job's own poll ends it, from this snapshot (or after its own GET when there is none)."""
         self.stats.ended += 1
         self.publish(job.record, bounded_snapshot(snap) if snap is not None else None)
 
-    def by_get(self, job: _Job) -> None:
+    def by_get(self, job: Due) -> None:
         self.stats.by_get += 1
         self.publish(job.record, None)
 
@@ -276,7 +270,7 @@ def gate(limiter: RateLimiter, cap: ListCap) -> float:
     return permit.wait_s
 
 
-def last_read(job: _Job) -> float:
+def last_read(job: Due) -> float:
     """When the job was last read (never: when it was tracked)."""
     return job.record.updated_at or job.record.tracked_at or 0.0
 

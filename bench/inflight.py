@@ -171,8 +171,8 @@ def run_one(n: int, mode_key: str, ids: list[str], snapshot: dict, sim: SimProce
         lat = list(watch.late.values()) if watch else [x for _, x in timed_floats(r, "bench:lateness")]
         mem1 = used_memory(r)
         unacked = r.hlen("unacked")
-        parked = r.zcard("seedance:parked")
-        jobs = r.zcard("seedance:jobs")
+        parked = r.zcard(keys.PARKED)
+        jobs = r.zcard(keys.JOBS)
         try:
             prefetch = drivers[0].call("inspect_prefetch")
         except Exception as exc:

@@ -41,6 +41,7 @@ from bench.common import (
     wait_until,
     write_json,
 )
+from seedance_worker import keys
 
 CONC = 2
 
@@ -58,7 +59,7 @@ def capacity_step(k: int, *, drv: EnvProc, sim: SimProcess, r, warm: float, meas
     lat = [x for ts, x in timed_floats(r, "bench:lateness") if t0 <= ts <= t1]
     # the chains end with their remote tasks; let the queue drain
     time.sleep(max(0.0, t_track + step + 1.0 - time.time()))
-    wait_until(lambda: r.llen("seedance.poll") == 0 and r.zcard("seedance:parked") == 0, 60, 0.2)
+    wait_until(lambda: r.llen("seedance.poll") == 0 and r.zcard(keys.PARKED) == 0, 60, 0.2)
     wait_until(lambda: r.hlen("unacked") == 0, 30, 0.2)
     rate = (c1 - c0) / (t1 - t0)
     target = k / 5.0

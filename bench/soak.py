@@ -49,6 +49,7 @@ from bench.common import (
     used_memory,
     write_json,
 )
+from seedance_worker import keys
 
 ARMS: dict[str, dict[str, Any]] = {
     "batch": {"status_source": "batch"},
@@ -121,7 +122,7 @@ class ArmRun:
                 k.removeprefix("bench:runs:"): int(self.r.get(k) or 0)
                 for k in self.r.scan_iter("bench:runs:*")
             },
-            "jobs_in_registry": self.r.zcard("seedance:jobs"),
+            "jobs_in_registry": self.r.zcard(keys.JOBS),
             "sim_requests": self.sim.call("count", None),
         }
         self.samples.append(s)

@@ -2,10 +2,12 @@
 
 While a job is in flight its poll's ``AsyncResult.state`` is ``POLLING`` (instead of ``PENDING``
 until the end) and ``.info`` the remote status, the polls so far and when the next is due: one
-result-backend write per poll run that advanced the job. The optional ``on_status_change`` hook
-(a task name or signature) gets one message per remote status transition, published after the
-transition is recorded by the fenced ``advance`` (so a redelivered copy never fires it twice). A
-transition out of ``queued`` also frees the job's admission slot (``changed``).
+result-backend write per poll run that advanced the job; a batched round writes it only on a
+status transition (README: Batched status), so its ``polls`` may lag the record's. The optional
+``on_status_change`` hook (a task name or signature) gets one message per remote status
+transition, published after the transition is recorded by the fenced ``advance`` (so a
+redelivered copy never fires it twice). A transition out of ``queued`` also frees the job's
+admission slot (``changed``).
 """
 
 from __future__ import annotations

@@ -46,7 +46,10 @@ def _sample(handles: list[AsyncResult], until_s: float) -> dict[str, list[tuple[
     deadline = time.monotonic() + until_s
     while time.monotonic() < deadline and not all(h.ready() for h in handles):
         for h in handles:
-            state, info = h.state, h.info
+            # One read of state and info together: read apart, a job ending in between gives
+            # POLLING with the final Outcome as its info.
+            meta = h.backend.get_task_meta(h.id)
+            state, info = meta["status"], meta["result"]
             if state == POLLING:
                 seen[h.id].append((state, dict(info)))
         time.sleep(0.05)
